@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything they need is installed here:
+# the gateway's venv (.venv) and, kept apart from it, the vLLM CPU venv and the tiny model with its
+# adapters, both cached under $(TURNOUT_CACHE) (default ~/.cache/turnout) and reused when unchanged.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install vllm-env assets demo test lint typecheck unit e2e clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+vllm-env:
+	bash deploy/local/vllm-env.sh >/dev/null
+
+assets: vllm-env
+	bash deploy/local/assets.sh >/dev/null
+
+demo: install assets
+	$(BIN)/python deploy/local/demo.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+e2e: install assets
+	$(BIN)/pytest tests/e2e
+
+test: install assets lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .turnout .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""LoRA adapters on vLLM: checked before loading, loaded on first use, evicted least-recently-used."""

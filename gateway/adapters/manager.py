@@ -1,0 +1,218 @@
+"""Which adapters are loaded on one vLLM server, loading them on first use and evicting the idle ones.
+
+State is kept per upstream (one manager per vLLM server), so several replicas each have their own
+residency. Guarantees:
+
+* single-flight: concurrent first requests for one adapter share one load call;
+* capacity: at most ``max_resident`` adapters are loaded; to load another, the least recently used
+  adapter with no request in flight is unloaded, and if every one is busy the request waits for one
+  to become idle (up to ``capacity_wait_s``) and then gets 503;
+* adapter operations on one server are serialised: loading while another load runs has crashed vLLM;
+* a load runs in its own task, so a client that disconnects does not cancel it for the others;
+* self-healing: when vLLM answers that it does not know an adapter (it restarted), residency is
+  re-read from its ``/v1/models`` and the adapter is loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.adapters.validation import BaseModelFacts, validate_adapter
+from gateway.config import AdapterConfig
+from gateway.errors import CapacityExhausted, InvalidAdapter, UpstreamError
+from gateway.upstream.client import Upstream, error_message
+
+log = logging.getLogger("turnout.adapters")
+
+
+@dataclass(slots=True)
+class _Adapter:
+    name: str
+    spec: AdapterConfig
+    resident: bool = False
+    in_flight: int = 0
+    last_used: int = 0
+    loading: asyncio.Task[None] | None = None
+    loads: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerSettings:
+    max_rank: int
+    max_resident: int
+    load_timeout_s: float
+    capacity_wait_s: float
+    base: BaseModelFacts = field(default_factory=lambda: BaseModelFacts(frozenset()))
+
+
+class Lease:
+    """A request's hold on a loaded adapter: while held, the adapter is never evicted."""
+
+    __slots__ = ("_adapter", "_manager", "_released")
+
+    def __init__(self, manager: AdapterManager, adapter: _Adapter) -> None:
+        self._manager = manager
+        self._adapter = adapter
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._manager._release(self._adapter)
+
+
+class AdapterManager:
+    """Adapter residency on one vLLM server."""
+
+    def __init__(self, upstream: Upstream, adapters: Mapping[str, AdapterConfig], settings: ManagerSettings) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self._adapters = {name: _Adapter(name, spec) for name, spec in adapters.items()}
+        self._ops = asyncio.Lock()
+        self._slot_freed = asyncio.Event()
+        self._tick = 0
+        self._sync_task: asyncio.Task[None] | None = None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._adapters
+
+    async def acquire(self, name: str) -> Lease:
+        """Make sure ``name`` is loaded and hold it for the duration of one request."""
+        adapter = self._adapters[name]
+        adapter.in_flight += 1  # pinned first, so nothing evicts it between loading and use
+        lease = Lease(self, adapter)
+        try:
+            await self._ensure_loaded(adapter)
+        except BaseException:
+            lease.release()
+            raise
+        self._tick += 1
+        adapter.last_used = self._tick
+        return lease
+
+    async def heal(self, name: str) -> None:
+        """vLLM said it does not know ``name``: forget what we believed and re-read its adapter list."""
+        adapter = self._adapters[name]
+        if adapter.loading is None:
+            adapter.resident = False
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Re-read which declared adapters vLLM holds (shared by concurrent callers)."""
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.create_task(self._sync())
+        await asyncio.shield(self._sync_task)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every declared adapter with its residency, for ``/admin/adapters`` and the CLI."""
+        return [
+            {
+                "name": a.name,
+                "path": str(a.spec.path),
+                "resident": a.resident,
+                "loading": a.loading is not None,
+                "in_flight": a.in_flight,
+                "loads": a.loads,
+            }
+            for a in self._adapters.values()
+        ]
+
+    def is_resident(self, name: str) -> bool:
+        return self._adapters[name].resident
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _release(self, adapter: _Adapter) -> None:
+        adapter.in_flight -= 1
+        if adapter.in_flight == 0:
+            self._slot_freed.set()
+
+    async def _ensure_loaded(self, adapter: _Adapter) -> None:
+        while not adapter.resident:
+            if adapter.loading is None:
+                task = asyncio.create_task(self._load(adapter), name=f"load-adapter-{adapter.name}")
+                adapter.loading = task
+                task.add_done_callback(partial(_loaded, adapter))
+            await asyncio.shield(adapter.loading)
+
+    async def _sync(self) -> None:
+        status, body = await self.upstream.request("GET", "/v1/models")
+        if status != 200:
+            raise UpstreamError(f"vLLM answered {status} to /v1/models")
+        try:
+            listed = {m["id"] for m in orjson.loads(body).get("data", []) if isinstance(m, dict) and "id" in m}
+        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            raise UpstreamError("vLLM's /v1/models answer is not the expected JSON") from exc
+        for adapter in self._adapters.values():
+            if adapter.loading is None:
+                adapter.resident = adapter.name in listed
+
+    async def _load(self, adapter: _Adapter) -> None:
+        settings = self.settings
+        # Checked before anything is sent: a bad adapter never reaches vLLM.
+        await asyncio.to_thread(
+            validate_adapter, adapter.name, Path(adapter.spec.path), max_rank=settings.max_rank, base=settings.base
+        )
+        async with self._ops:
+            if adapter.resident:
+                return
+            await self._make_room(adapter)
+            served_path = adapter.spec.served_path or str(adapter.spec.path)
+            status, body = await self.upstream.request(
+                "POST",
+                "/v1/load_lora_adapter",
+                {"lora_name": adapter.name, "lora_path": served_path},
+                timeout_s=settings.load_timeout_s,
+            )
+            if status == 200 or (status == 400 and b"already been loaded" in body):
+                adapter.resident = True
+                adapter.loads += 1
+                log.info("adapter %s loaded on %s", adapter.name, self.upstream.url)
+                return
+            if status in (400, 404, 422):
+                raise InvalidAdapter(
+                    f"vLLM refused to load adapter {adapter.name!r} from {served_path}: {error_message(body)[0]}",
+                    param="model",
+                )
+            raise UpstreamError(f"vLLM failed to load adapter {adapter.name!r} ({status}): {error_message(body)[0]}")
+
+    async def _make_room(self, incoming: _Adapter) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.capacity_wait_s
+        while sum(a.resident for a in self._adapters.values()) >= self.settings.max_resident:
+            idle = [a for a in self._adapters.values() if a.resident and a.in_flight == 0 and a is not incoming]
+            if idle:
+                await self._unload(min(idle, key=lambda a: a.last_used))
+                continue
+            remaining = deadline - loop.time()
+            self._slot_freed.clear()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
+            except TimeoutError:
+                raise CapacityExhausted(
+                    f"all {self.settings.max_resident} adapter slots are busy serving requests; "
+                    f"adapter {incoming.name!r} could not be loaded in {self.settings.capacity_wait_s:g} s"
+                ) from None
+
+    async def _unload(self, adapter: _Adapter) -> None:
+        status, body = await self.upstream.request(
+            "POST", "/v1/unload_lora_adapter", {"lora_name": adapter.name}, timeout_s=self.settings.load_timeout_s
+        )
+        if status not in (200, 404):  # 404: already gone, which is what we wanted
+            raise UpstreamError(f"vLLM failed to unload adapter {adapter.name!r} ({status}): {error_message(body)[0]}")
+        adapter.resident = False
+        log.info("adapter %s evicted from %s", adapter.name, self.upstream.url)
+
+
+def _loaded(adapter: _Adapter, _task: asyncio.Task[None]) -> None:
+    adapter.loading = None

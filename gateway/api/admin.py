@@ -1,0 +1,20 @@
+"""``/admin``: the gateway's own view of its state, for operators and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from gateway.api.deps import ComponentsDep
+
+router = APIRouter(prefix="/admin")
+
+
+@router.get("/adapters")
+async def adapters(parts: ComponentsDep) -> dict[str, Any]:
+    return {
+        "upstream": parts.upstream.url,
+        "max_resident": parts.config.vllm.max_resident,
+        "adapters": parts.adapters.snapshot(),
+    }

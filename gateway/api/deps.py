@@ -1,0 +1,40 @@
+"""Typed accessors for what the lifespan built; routers depend on these, never on globals."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from gateway.components import Components
+from gateway.dispatch.service import RequestContext
+from gateway.errors import RequestTooLarge
+
+
+def components(request: Request) -> Components:
+    return cast(Components, request.app.state.components)
+
+
+def request_context(request: Request) -> RequestContext:
+    return RequestContext(request_id=request.scope["state"]["request_id"], headers=request.headers)
+
+
+async def request_body(request: Request, parts: Annotated[Components, Depends(components)]) -> bytes:
+    """The body, refused with 413 as soon as it passes the configured size (never read whole first)."""
+    limit = parts.config.server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+ComponentsDep = Annotated[Components, Depends(components)]
+ContextDep = Annotated[RequestContext, Depends(request_context)]
+BodyDep = Annotated[bytes, Depends(request_body)]

@@ -1,0 +1,40 @@
+"""Request ids on every response, as a plain ASGI middleware (no per-request task or body copy).
+
+An ``x-request-id`` the client sends is kept when it is short and printable, so one id follows a
+request through the caller's logs and ours; otherwise a new one is made.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_ACCEPTABLE = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if _ACCEPTABLE.match(value):
+                    request_id = value
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

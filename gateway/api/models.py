@@ -1,0 +1,42 @@
+"""``GET /v1/models``: every name a client may put in ``model``, and what serves it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from gateway.api.deps import ComponentsDep
+from gateway.components import Components
+from gateway.errors import ModelNotFound
+from routing import TargetKind
+
+router = APIRouter()
+
+
+def model_cards(parts: Components) -> list[dict[str, Any]]:
+    config = parts.config
+    cards: list[dict[str, Any]] = []
+    for name, target in parts.table.models.items():
+        info: dict[str, Any] = {"kind": target.kind.value, "upstream": target.name}
+        if target.kind is TargetKind.ADAPTER:
+            info["base"] = config.base_model_name
+            info["resident"] = parts.adapters.is_resident(name)
+            info["description"] = config.adapters[name].description
+        cards.append(
+            {"id": name, "object": "model", "created": parts.started_at, "owned_by": "turnout", "turnout": info}
+        )
+    return cards
+
+
+@router.get("/v1/models")
+async def list_models(parts: ComponentsDep) -> dict[str, Any]:
+    return {"object": "list", "data": model_cards(parts)}
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(model: str, parts: ComponentsDep) -> dict[str, Any]:
+    for card in model_cards(parts):
+        if card["id"] == model:
+            return card
+    raise ModelNotFound(f"The model {model!r} does not exist here", param="model")

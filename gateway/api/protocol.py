@@ -1,0 +1,87 @@
+"""The OpenAI request shapes the gateway checks before routing.
+
+Only what the gateway itself relies on is checked (``model``, ``messages``/``prompt``, ``stream``,
+``stream_options``, ``user``, ``metadata``); every other field is passed to the backend untouched,
+so new OpenAI parameters work without a gateway release and the backend judges their values.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from gateway.errors import InvalidRequest
+
+Endpoint = Literal["chat", "completions"]
+UPSTREAM_PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: StrictBool | None = None
+
+
+class _Request(_Open):
+    model: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    user: Annotated[StrictStr, Field(max_length=256)] | None = None
+    metadata: dict[str, StrictStr] | None = None
+
+
+class ChatCompletionRequest(_Request):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+class CompletionRequest(_Request):
+    prompt: StrictStr | list[StrictStr] | list[int] | list[list[int]]
+
+
+_MODELS: dict[Endpoint, type[_Request]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+
+
+def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], _Request]:
+    """The body as a dict (to forward) and as a checked model; :class:`InvalidRequest` when malformed."""
+    if not raw.strip():
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    try:
+        request = _MODELS[endpoint].model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        count = exc.error_count()
+        more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
+        raise InvalidRequest(f"{param or 'body'}: {first['msg']}{more}", param=param) from None
+    return data, request
+
+
+def last_user_text(request: _Request) -> str:
+    """The text routing matches against: the last user message, or the prompt."""
+    if isinstance(request, ChatCompletionRequest):
+        for message in reversed(request.messages):
+            if message.role == "user":
+                content = message.content
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, list):
+                    return " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+        return ""
+    if isinstance(request, CompletionRequest) and isinstance(request.prompt, str):
+        return request.prompt
+    return ""

@@ -1,0 +1,103 @@
+"""Reading the configuration file: YAML, then environment overrides, then validation.
+
+Every problem is reported as ``FILE: KEY.PATH: PROBLEM`` (one line per problem) so an operator can go
+straight to the line to fix; values that came from the environment name the variable instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.config.model import AdapterConfig, BaseModelConfig, TurnoutConfig
+
+ENV_PREFIX = "TURNOUT_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one readable line per problem."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def load_config(path: str | Path) -> TurnoutConfig:
+    """Read, override from the environment, validate, and resolve relative paths against the file."""
+    file = Path(path)
+    data = _read_yaml(file)
+    try:
+        config = TurnoutConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(file, [_describe(file, err, os.environ) for err in exc.errors()]) from exc
+    config = _resolve_paths(config, file.resolve().parent)
+    base_dir = config.base_model.path
+    if base_dir is not None and not (base_dir / "config.json").is_file():
+        raise ConfigError(file, [f"{file}: base_model.path: {base_dir} has no config.json (is it a model directory?)"])
+    return config
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(file, [f"{file}: cannot read the file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, [f"{file}: not UTF-8 text: {exc.reason}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(file, [f"{file}: {where}: invalid YAML: {exc.problem}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, [f"{file}: invalid YAML: {exc}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, [f"{file}: the top level must be a mapping of sections, not {type(data).__name__}"])
+    return data
+
+
+def _describe(file: Path, err: Any, env: Mapping[str, str]) -> str:
+    loc = [str(part) for part in err.get("loc", ())]
+    key = ".".join(loc) if loc else "(top level)"
+    message = str(err.get("msg", "invalid value"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if err.get("type") == "extra_forbidden":
+        message = "unknown key (check its spelling against `turnout config schema`)"
+    elif err.get("type") == "missing":
+        message = "required key is missing"
+    variable = _env_var_for(loc, env)
+    source = f"environment variable {variable}" if variable else str(file)
+    return f"{source}: {key}: {message}"
+
+
+def _env_var_for(loc: list[str], env: Mapping[str, str]) -> str | None:
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(loc[:depth]).upper()
+        for candidate in env:
+            if candidate.upper() == name:
+                return candidate
+    return None
+
+
+def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    adapters = {
+        name: AdapterConfig.model_validate({**spec.model_dump(), "path": resolve(spec.path)})
+        for name, spec in config.adapters.items()
+    }
+    base_model = config.base_model
+    if base_model.path is not None:
+        base_model = BaseModelConfig.model_validate({**base_model.model_dump(), "path": resolve(base_model.path)})
+    return config.model_copy(update={"adapters": adapters, "base_model": base_model})

@@ -1,0 +1,1 @@
+"""From a routed request to a response: the backends and the service that drives them."""

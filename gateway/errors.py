@@ -1,0 +1,125 @@
+"""The one error tree of the gateway, and how each error is shown to an OpenAI client.
+
+Every failure a client can see is a :class:`TurnoutError`; one exception handler renders it as the
+OpenAI envelope ``{"error": {"message", "type", "param", "code"}}`` with the status the class carries.
+Upstream failures are mapped to these classes with ``raise ... from`` so the cause stays in the logs
+while the client sees a clear, bounded message and never a traceback.
+
+    TurnoutError                      500 internal_error (only for bugs: never raised on purpose)
+    +-- InvalidRequest                400 invalid_request_error  (malformed JSON, schema errors)
+    |   +-- InvalidAdapter            400 invalid_request_error  (adapter files fail validation)
+    +-- RequestTooLarge               413 invalid_request_error
+    +-- ModelNotFound                 404 invalid_request_error  code model_not_found
+    +-- RouteNotFound                 404 invalid_request_error  (unknown URL)
+    +-- MethodNotAllowed              405 invalid_request_error
+    +-- CapacityExhausted             503 service_unavailable    (every adapter slot busy)
+    +-- UpstreamError                 502 upstream_error         (bad answer from a backend)
+        +-- UpstreamRejected          4xx as the upstream said   (the backend refused the request)
+        +-- UpstreamUnavailable       503 upstream_unavailable   (cannot connect)
+        +-- UpstreamTimeout           504 upstream_timeout
+        +-- UpstreamModelMissing      502 upstream_error         (backend forgot a model; healed by reload)
+
+``UpstreamError`` and its subclasses except ``UpstreamRejected`` are *retryable before the first
+byte*: the dispatcher may try the request again (after healing) or a fallback target.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class TurnoutError(Exception):
+    """Base of every error the gateway renders to a client."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers: dict[str, str] = {}  # extra response headers, such as the route it was sent on
+
+    def envelope(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.envelope())
+
+
+class InvalidRequest(TurnoutError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidAdapter(InvalidRequest):
+    default_code = "invalid_adapter"
+
+
+class RequestTooLarge(TurnoutError):
+    status = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class ModelNotFound(TurnoutError):
+    status = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class RouteNotFound(TurnoutError):
+    status = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowed(TurnoutError):
+    status = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class CapacityExhausted(TurnoutError):
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "adapter_capacity_exhausted"
+
+
+class UpstreamError(TurnoutError):
+    status = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+    retryable: ClassVar[bool] = True
+
+
+class UpstreamRejected(UpstreamError):
+    """The backend answered 4xx: the client's request is at fault, so it is relayed, not retried."""
+
+    error_type = "invalid_request_error"
+    default_code = "upstream_rejected"
+    retryable = False
+
+    def __init__(self, message: str, *, status: int, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status  # type: ignore[misc]  # per-instance status mirrors the upstream's
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    error_type = "upstream_unavailable"
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    error_type = "upstream_timeout"
+    default_code = "upstream_timeout"
+
+
+class UpstreamModelMissing(UpstreamError):
+    default_code = "upstream_model_missing"

@@ -1,0 +1,1 @@
+"""HTTP upstreams the gateway forwards to (vLLM and other OpenAI-compatible servers)."""

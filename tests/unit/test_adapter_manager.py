@@ -1,0 +1,171 @@
+"""AdapterManager's concurrency logic against a small in-process stand-in for vLLM's LoRA API.
+
+These cover interleavings the real server cannot be made to produce on demand (a load held open while
+requests pile up, a cancelled caller); the same behaviours run against real vLLM in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.adapters.manager import AdapterManager, ManagerSettings
+from gateway.config import AdapterConfig
+from gateway.errors import CapacityExhausted, InvalidAdapter
+from gateway.upstream.client import Upstream, UpstreamSettings
+
+
+@dataclass
+class FakeLoraApi:
+    loaded: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    called: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/load_lora_adapter", self.load)
+        app.router.add_post("/v1/unload_lora_adapter", self.unload)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "base"}, *({"id": n, "parent": "base"} for n in self.loaded)]})
+
+    async def load(self, request: web.Request) -> web.Response:
+        name = (await request.json())["lora_name"]
+        self.calls.append(("load", name))
+        self.called.set()
+        await self.gate.wait()
+        if name in self.loaded:
+            return web.json_response(
+                {"error": {"message": f"The lora adapter '{name}' has already been loaded."}}, status=400
+            )
+        self.loaded.add(name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload(self, request: web.Request) -> web.Response:
+        name = (await request.json())["lora_name"]
+        self.calls.append(("unload", name))
+        if name not in self.loaded:
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        self.loaded.discard(name)
+        return web.Response(text="Success")
+
+
+def _adapter_dir(root: Path, name: str) -> Path:
+    path = root / name
+    path.mkdir()
+    (path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (path / "adapter_model.bin").write_bytes(b"weights")
+    return path
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[tuple[FakeLoraApi, str]]:
+    api = FakeLoraApi()
+    runner = web.AppRunner(api.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield api, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+def _manager(
+    url: str, session: aiohttp.ClientSession, root: Path, *, max_resident: int = 2, capacity_wait_s: float = 5.0
+) -> AdapterManager:
+    upstream = Upstream(UpstreamSettings(url, None, connect_timeout_s=2, read_timeout_s=10), session)
+    adapters = {n: AdapterConfig(path=_adapter_dir(root, n)) for n in ("a", "b", "c")}
+    settings = ManagerSettings(
+        max_rank=8, max_resident=max_resident, load_timeout_s=10, capacity_wait_s=capacity_wait_s
+    )
+    return AdapterManager(upstream, adapters, settings)
+
+
+async def test_waiters_share_one_load_even_when_the_first_caller_is_cancelled(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
+    api, url = fake
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path)
+        first = asyncio.create_task(manager.acquire("a"))
+        others = [asyncio.create_task(manager.acquire("a")) for _ in range(5)]
+        await api.called.wait()
+        first.cancel()  # the client who triggered the load goes away
+        api.gate.set()
+        leases = await asyncio.gather(*others)
+        assert api.calls == [("load", "a")]
+        assert manager.is_resident("a")
+        for lease in leases:
+            lease.release()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert [row["in_flight"] for row in manager.snapshot() if row["name"] == "a"] == [0]
+
+
+async def test_a_busy_adapter_is_never_evicted_and_capacity_waits_for_a_release(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
+    api, url = fake
+    api.gate.set()
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path, max_resident=1)
+        held = await manager.acquire("a")
+        waiting = asyncio.create_task(manager.acquire("b"))
+        done, _ = await asyncio.wait({waiting}, timeout=0.5)
+        assert not done, "b must wait while a is busy, not evict it"
+        assert ("unload", "a") not in api.calls
+        held.release()
+        lease = await waiting
+        assert api.loaded == {"b"}
+        assert api.calls[-2:] == [("unload", "a"), ("load", "b")]
+        lease.release()
+
+
+async def test_capacity_exhausted_when_nothing_is_released(fake: tuple[FakeLoraApi, str], tmp_path: Path) -> None:
+    api, url = fake
+    api.gate.set()
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path, max_resident=1, capacity_wait_s=0)
+        held = await manager.acquire("a")
+        with pytest.raises(CapacityExhausted):
+            await manager.acquire("b")
+        assert api.loaded == {"a"}
+        held.release()
+        (await manager.acquire("b")).release()
+        assert api.loaded == {"b"}
+
+
+async def test_heal_relearns_residency_from_the_server(fake: tuple[FakeLoraApi, str], tmp_path: Path) -> None:
+    api, url = fake
+    api.gate.set()
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path)
+        (await manager.acquire("a")).release()
+        (await manager.acquire("b")).release()
+        api.loaded.clear()  # the server restarted
+        await manager.heal("a")
+        assert not manager.is_resident("a")
+        assert not manager.is_resident("b")
+        (await manager.acquire("a")).release()
+        assert api.loaded == {"a"}
+
+
+async def test_an_invalid_adapter_is_never_sent(fake: tuple[FakeLoraApi, str], tmp_path: Path) -> None:
+    api, url = fake
+    api.gate.set()
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path)
+        (tmp_path / "a" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 64}')
+        with pytest.raises(InvalidAdapter, match="rank 64"):
+            await manager.acquire("a")
+        assert api.calls == []
+        assert manager.snapshot()[0]["in_flight"] == 0
