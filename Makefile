@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install vllm-env assets demo test lint typecheck unit e2e clean
+.PHONY: install vllm-env assets demo test lint typecheck unit e2e bench clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ e2e: install assets
 
 test: install assets lint typecheck
 	$(BIN)/pytest
+
+bench: install assets
+	$(BIN)/python bench/adapter_load.py
 
 clean:
 	rm -rf $(VENV) .turnout .mypy_cache .pytest_cache .ruff_cache

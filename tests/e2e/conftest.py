@@ -35,6 +35,7 @@ def vllm(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[loc
         log_path=tmp_path_factory.mktemp("vllm") / "vllm.log",
         max_lora_rank=MAX_LORA_RANK,
         max_loras=2,
+        extra_args=["--enable-log-requests"],  # logs "Aborted request(s) ID": how tests see a cancelled stream
     )
     server.start()
     try:

@@ -28,19 +28,3 @@ def unload_all(vllm_url: str) -> None:
     for name in loaded_adapters(vllm_url):
         status, body = _call(vllm_url + "/v1/unload_lora_adapter", "POST", {"lora_name": name})
         assert status == 200, body
-
-
-def metric_total(vllm_url: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus counter's samples on vLLM's /metrics matching ``labels``."""
-    status, body = _call(vllm_url + "/metrics")
-    assert status == 200
-    total = 0.0
-    for line in body.decode().splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        if series.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in series for k, v in labels.items()):
-            total += float(value)
-    return total
