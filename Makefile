@@ -14,7 +14,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# torch's CPU build first (a local wheel here), so the semantic extra does not pull a CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev,semantic]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 vllm-env:
@@ -43,6 +45,7 @@ test: install assets lint typecheck
 	$(BIN)/pytest
 
 bench: install assets
+	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/adapter_load.py
 
 clean:

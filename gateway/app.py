@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from pathlib import Path
 
 from fastapi import FastAPI
 
-from gateway.api import admin, completions, health, models
+from gateway.api import admin, completions, health, models, route
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestIdMiddleware
-from gateway.components import build_components
+from gateway.components import Components, build_components
 from gateway.config import TurnoutConfig
+from gateway.errors import TurnoutError
+
+log = logging.getLogger("turnout")
 
 
-def create_app(config: TurnoutConfig) -> FastAPI:
+def create_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.components = await build_components(config, stack)
+            components = await build_components(config, config_path, stack)
+            app.state.components = components
+            _reload_on_sighup(components, stack)
             yield
 
     app = FastAPI(
@@ -28,8 +37,28 @@ def create_app(config: TurnoutConfig) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    for module in (completions, models, health, admin):
+    for module in (completions, route, models, health, admin):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _reload_on_sighup(components: Components, stack: AsyncExitStack) -> None:
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await components.reload()
+        except TurnoutError as exc:
+            log.error("SIGHUP reload refused, the previous configuration keeps serving: %s", exc.message)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    with suppress(NotImplementedError, RuntimeError):  # no signals on this platform or thread
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)

@@ -17,8 +17,10 @@ from gateway.config import ConfigError, TurnoutConfig, load_config
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Check the configuration file and print its schema.")
 adapters_app = typer.Typer(no_args_is_help=True, help="LoRA adapters: declared, valid, resident.")
+route_app = typer.Typer(no_args_is_help=True, help="See how requests are routed, without serving them.")
 app.add_typer(config_app, name="config")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(route_app, name="route")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The YAML configuration file.")]
 
@@ -48,7 +50,7 @@ def serve(
     server = settings.server
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, config),
         host=host or server.host,
         port=port or server.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
@@ -100,6 +102,56 @@ def adapters_list(
         typer.echo(f"{row['name']:<24} {state:<9} {'yes' if not row['problem'] else 'NO':<6} {row['path']}")
         if row["problem"]:
             typer.echo(f"    {row['problem']}")
+
+
+@route_app.command("explain")
+def route_explain(
+    config: ConfigOption,
+    request_file: Annotated[Path, typer.Argument(help="A chat completion request body (JSON); - for stdin.")],
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", help="A request header as 'name: value' (repeatable).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="The caller's tenant.")] = None,
+    request_id: Annotated[str, typer.Option(help="Seeds the arm of a split that is not sticky.")] = "explain",
+) -> None:
+    """Print the decision for a request, every rule's evaluation and the intent scores, as JSON."""
+    import asyncio
+
+    from gateway.dispatch.service import CompletionService, RequestContext
+    from gateway.embeddings import Embedder
+    from gateway.errors import TurnoutError
+    from gateway.routing_state import build_routing_table, policies_use_intents
+
+    settings = _load_or_exit(config)
+    try:
+        raw = sys.stdin.buffer.read() if str(request_file) == "-" else request_file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"turnout: cannot read {request_file}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    headers: dict[str, str] = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep:
+            typer.echo(f"turnout: --header {item!r} is not 'name: value'", err=True)
+            raise typer.Exit(2)
+        headers[name.strip().lower()] = value.strip()
+
+    async def run() -> dict[str, Any]:
+        embedder = Embedder(settings.embeddings) if policies_use_intents(settings) else None
+        if embedder is not None:
+            await embedder.start()
+        try:
+            service = CompletionService(await build_routing_table(settings, embedder), {}, embedder)
+            return await service.explain("chat", raw, RequestContext(request_id, tenant, headers))
+        finally:
+            if embedder is not None:
+                embedder.close()
+
+    try:
+        typer.echo(json.dumps(asyncio.run(run()), indent=2))
+    except TurnoutError as exc:
+        typer.echo(f"turnout: {exc.message}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _adapter_rows(settings: TurnoutConfig, resident: set[str] | None) -> list[dict[str, Any]]:

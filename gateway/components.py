@@ -1,7 +1,12 @@
-"""Everything the gateway builds at start-up, built in one place and closed in reverse order.
+"""Everything the gateway builds at start-up, built in one place, reloaded in one place, closed in reverse.
 
 The FastAPI lifespan calls :func:`build_components`; routers reach the result through the typed
 accessors in :mod:`gateway.api.deps`. Nothing here runs at import time.
+
+Reloading (SIGHUP or ``POST /admin/reload``) re-reads the file, validates it, builds the new routing
+table (embedding new intent examples) and only then swaps it in: an invalid file changes nothing and
+the old policies keep serving. Sections that shape connections and processes (``server``, ``vllm``,
+``embeddings``) need a restart; a reload reports which of them changed.
 """
 
 from __future__ import annotations
@@ -9,34 +14,28 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from gateway.adapters.manager import AdapterManager, ManagerSettings
 from gateway.adapters.validation import BaseModelFacts
-from gateway.config import TurnoutConfig
+from gateway.config import ConfigError, TurnoutConfig, load_config
 from gateway.dispatch.backend import VllmBackend
 from gateway.dispatch.service import CompletionService
-from gateway.errors import TurnoutError
+from gateway.embeddings import Embedder, EmbedderError
+from gateway.errors import ConfigRejected, TurnoutError
+from gateway.routing_state import build_routing_table, policies_use_intents
 from gateway.upstream.client import Upstream, UpstreamSettings
-from routing import RoutingTable, Target, TargetKind
+from routing import RoutingTable, TargetKind
 
 log = logging.getLogger("turnout")
 
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; closing ours sooner avoids reusing one
 # the server is about to drop.
 _KEEPALIVE_S = 4.0
-
-
-@dataclass(frozen=True, slots=True)
-class Components:
-    config: TurnoutConfig
-    upstream: Upstream
-    adapters: AdapterManager
-    service: CompletionService
-    table: RoutingTable
-    started_at: int
+_RESTART_SECTIONS = ("server", "vllm", "embeddings")
 
 
 def base_model_facts(config: TurnoutConfig) -> BaseModelFacts:
@@ -44,13 +43,75 @@ def base_model_facts(config: TurnoutConfig) -> BaseModelFacts:
     return BaseModelFacts.from_config(names, config.base_model.path)
 
 
-def routing_table(config: TurnoutConfig) -> RoutingTable:
-    models = {config.base_model_name: Target(TargetKind.BASE, config.vllm.model)}
-    models.update({name: Target(TargetKind.ADAPTER, name) for name in config.adapters})
-    return RoutingTable.of(models)
+class Components:
+    def __init__(
+        self,
+        config: TurnoutConfig,
+        config_path: Path | None,
+        upstream: Upstream,
+        adapters: AdapterManager,
+        service: CompletionService,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.upstream = upstream
+        self.adapters = adapters
+        self.service = service
+        self.started_at = int(time.time())
+        self.reloads = 0
+
+    def close(self) -> None:
+        if self.service.embedder is not None:
+            self.service.embedder.close()
+
+    @property
+    def table(self) -> RoutingTable:
+        return self.service.table
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file; on any problem raise :class:`ConfigRejected` and change nothing."""
+        if self.config_path is None:
+            raise ConfigRejected("this gateway was not started from a configuration file; nothing to reload")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            raise ConfigRejected("configuration not reloaded: " + " | ".join(exc.problems)) from exc
+        old = self.config
+        restart = [s for s in _RESTART_SECTIONS if getattr(new, s) != getattr(old, s)]
+        # What needs a restart keeps its running value, so the gateway stays coherent.
+        new = new.model_copy(update={s: getattr(old, s) for s in _RESTART_SECTIONS})
+        try:
+            embedder = await _embedder_for(new, self.service.embedder)
+            table = await build_routing_table(new, embedder)
+        except (ValueError, EmbedderError) as exc:
+            raise ConfigRejected(f"configuration not reloaded: {self.config_path}: {exc}") from exc
+        self.adapters.update(new.adapters)
+        self.service.embedder = embedder
+        self.service.table = table
+        self.config = new
+        self.reloads += 1
+        if restart:
+            log.warning("reloaded %s; changes to %s need a restart", self.config_path, ", ".join(restart))
+        else:
+            log.info("reloaded %s", self.config_path)
+        return {
+            "status": "reloaded",
+            "models": table.names(),
+            "policies": list(new.policies),
+            "needs_restart": restart,
+        }
 
 
-async def build_components(config: TurnoutConfig, stack: AsyncExitStack) -> Components:
+async def _embedder_for(config: TurnoutConfig, current: Embedder | None) -> Embedder | None:
+    """The loaded embedder when the policies use intents (the current one if there is one)."""
+    if current is not None or not policies_use_intents(config):
+        return current
+    embedder = Embedder(config.embeddings)
+    await embedder.start()
+    return embedder
+
+
+async def build_components(config: TurnoutConfig, config_path: Path | None, stack: AsyncExitStack) -> Components:
     vllm = config.vllm
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
     session = await stack.enter_async_context(
@@ -81,7 +142,10 @@ async def build_components(config: TurnoutConfig, stack: AsyncExitStack) -> Comp
     except TurnoutError as exc:
         # Not fatal: vLLM may start after the gateway; residency is learnt on first use then.
         log.warning("could not read vLLM's adapters at start-up: %s", exc.message)
-    table = routing_table(config)
+    embedder = await _embedder_for(config, None)
+    table = await build_routing_table(config, embedder)
     backend = VllmBackend(upstream, adapters)
-    service = CompletionService(table, {TargetKind.BASE: backend, TargetKind.ADAPTER: backend})
-    return Components(config, upstream, adapters, service, table, started_at=int(time.time()))
+    service = CompletionService(table, {TargetKind.BASE: backend, TargetKind.ADAPTER: backend}, embedder)
+    components = Components(config, config_path, upstream, adapters, service)
+    stack.callback(components.close)
+    return components

@@ -8,6 +8,7 @@ while the client sees a clear, bounded message and never a traceback.
     TurnoutError                      500 internal_error (only for bugs: never raised on purpose)
     +-- InvalidRequest                400 invalid_request_error  (malformed JSON, schema errors)
     |   +-- InvalidAdapter            400 invalid_request_error  (adapter files fail validation)
+    |   +-- ConfigRejected            400 invalid_request_error  (a reload found the new file invalid)
     +-- RequestTooLarge               413 invalid_request_error
     +-- ModelNotFound                 404 invalid_request_error  code model_not_found
     +-- RouteNotFound                 404 invalid_request_error  (unknown URL)
@@ -19,8 +20,9 @@ while the client sees a clear, bounded message and never a traceback.
         +-- UpstreamTimeout           504 upstream_timeout
         +-- UpstreamModelMissing      502 upstream_error         (backend forgot a model; healed by reload)
 
-``UpstreamError`` and its subclasses except ``UpstreamRejected`` are *retryable before the first
-byte*: the dispatcher may try the request again (after healing) or a fallback target.
+Errors whose class says ``falls_back`` (upstream failures except ``UpstreamRejected``, an invalid
+adapter, exhausted adapter capacity) let the dispatcher try the decision's next fallback target, as
+long as nothing has been sent to the client yet.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class TurnoutError(Exception):
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     default_code: ClassVar[str | None] = None
+    falls_back: ClassVar[bool] = False  # may the next fallback target be tried instead?
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -58,6 +61,11 @@ class InvalidRequest(TurnoutError):
 
 class InvalidAdapter(InvalidRequest):
     default_code = "invalid_adapter"
+    falls_back = True
+
+
+class ConfigRejected(InvalidRequest):
+    default_code = "invalid_config"
 
 
 class RequestTooLarge(TurnoutError):
@@ -88,13 +96,14 @@ class CapacityExhausted(TurnoutError):
     status = 503
     error_type = "service_unavailable"
     default_code = "adapter_capacity_exhausted"
+    falls_back = True
 
 
 class UpstreamError(TurnoutError):
     status = 502
     error_type = "upstream_error"
     default_code = "upstream_error"
-    retryable: ClassVar[bool] = True
+    falls_back = True
 
 
 class UpstreamRejected(UpstreamError):
@@ -102,7 +111,7 @@ class UpstreamRejected(UpstreamError):
 
     error_type = "invalid_request_error"
     default_code = "upstream_rejected"
-    retryable = False
+    falls_back = False
 
     def __init__(self, message: str, *, status: int, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message, param=param, code=code)

@@ -27,7 +27,7 @@ import orjson
 
 from gateway.adapters.validation import BaseModelFacts, validate_adapter
 from gateway.config import AdapterConfig
-from gateway.errors import CapacityExhausted, InvalidAdapter, UpstreamError
+from gateway.errors import CapacityExhausted, InvalidAdapter, ModelNotFound, UpstreamError
 from gateway.upstream.client import Upstream, error_message
 
 log = logging.getLogger("turnout.adapters")
@@ -42,6 +42,8 @@ class _Adapter:
     last_used: int = 0
     loading: asyncio.Task[None] | None = None
     loads: int = 0
+    declared: bool = True  # False once a reload removed it: never routed to, evicted first
+    stale: bool = False  # its files changed on reload while loaded: reload it in place on next use
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,9 @@ class AdapterManager:
 
     async def acquire(self, name: str) -> Lease:
         """Make sure ``name`` is loaded and hold it for the duration of one request."""
-        adapter = self._adapters[name]
+        adapter = self._adapters.get(name)
+        if adapter is None or not adapter.declared:
+            raise ModelNotFound(f"adapter {name!r} is not declared (any more)", param="model")
         adapter.in_flight += 1  # pinned first, so nothing evicts it between loading and use
         lease = Lease(self, adapter)
         try:
@@ -97,6 +101,21 @@ class AdapterManager:
         self._tick += 1
         adapter.last_used = self._tick
         return lease
+
+    def update(self, adapters: Mapping[str, AdapterConfig]) -> None:
+        """Apply a reloaded configuration's adapters: add new ones, retire removed ones, note moved ones."""
+        for name, spec in adapters.items():
+            current = self._adapters.get(name)
+            if current is None:
+                self._adapters[name] = _Adapter(name, spec)
+                continue
+            if (current.spec.path, current.spec.served_path) != (spec.path, spec.served_path):
+                current.stale = current.resident
+            current.spec = spec
+            current.declared = True
+        for name, adapter in self._adapters.items():
+            if name not in adapters:
+                adapter.declared = False
 
     async def heal(self, name: str) -> None:
         """vLLM said it does not know ``name``: forget what we believed and re-read its adapter list."""
@@ -123,10 +142,12 @@ class AdapterManager:
                 "loads": a.loads,
             }
             for a in self._adapters.values()
+            if a.declared or a.resident
         ]
 
     def is_resident(self, name: str) -> bool:
-        return self._adapters[name].resident
+        adapter = self._adapters.get(name)
+        return adapter is not None and adapter.resident
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -136,7 +157,7 @@ class AdapterManager:
             self._slot_freed.set()
 
     async def _ensure_loaded(self, adapter: _Adapter) -> None:
-        while not adapter.resident:
+        while not adapter.resident or adapter.stale:
             if adapter.loading is None:
                 task = asyncio.create_task(self._load(adapter), name=f"load-adapter-{adapter.name}")
                 adapter.loading = task
@@ -162,18 +183,20 @@ class AdapterManager:
             validate_adapter, adapter.name, Path(adapter.spec.path), max_rank=settings.max_rank, base=settings.base
         )
         async with self._ops:
-            if adapter.resident:
+            if adapter.resident and not adapter.stale:
                 return
-            await self._make_room(adapter)
+            if not adapter.resident:
+                await self._make_room(adapter)
             served_path = adapter.spec.served_path or str(adapter.spec.path)
+            payload: dict[str, Any] = {"lora_name": adapter.name, "lora_path": served_path}
+            if adapter.stale:
+                payload["load_inplace"] = True
             status, body = await self.upstream.request(
-                "POST",
-                "/v1/load_lora_adapter",
-                {"lora_name": adapter.name, "lora_path": served_path},
-                timeout_s=settings.load_timeout_s,
+                "POST", "/v1/load_lora_adapter", payload, timeout_s=settings.load_timeout_s
             )
             if status == 200 or (status == 400 and b"already been loaded" in body):
                 adapter.resident = True
+                adapter.stale = False
                 adapter.loads += 1
                 log.info("adapter %s loaded on %s", adapter.name, self.upstream.url)
                 return
@@ -189,8 +212,8 @@ class AdapterManager:
         deadline = loop.time() + self.settings.capacity_wait_s
         while sum(a.resident for a in self._adapters.values()) >= self.settings.max_resident:
             idle = [a for a in self._adapters.values() if a.resident and a.in_flight == 0 and a is not incoming]
-            if idle:
-                await self._unload(min(idle, key=lambda a: a.last_used))
+            if idle:  # adapters a reload removed go first, then the least recently used
+                await self._unload(min(idle, key=lambda a: (a.declared, a.last_used)))
                 continue
             remaining = deadline - loop.time()
             self._slot_freed.clear()

@@ -1,4 +1,4 @@
-"""``/admin``: the gateway's own view of its state, for operators and the CLI."""
+"""``/admin``: the gateway's own view of its state, and reloading its configuration."""
 
 from __future__ import annotations
 
@@ -18,3 +18,9 @@ async def adapters(parts: ComponentsDep) -> dict[str, Any]:
         "max_resident": parts.config.vllm.max_resident,
         "adapters": parts.adapters.snapshot(),
     }
+
+
+@router.post("/reload")
+async def reload(parts: ComponentsDep) -> dict[str, Any]:
+    """Re-read the configuration file; a 400 envelope says what is wrong and nothing changes."""
+    return await parts.reload()

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from gateway.api.deps import ComponentsDep
 from gateway.components import Components
 from gateway.errors import ModelNotFound
-from routing import TargetKind
+from routing import Policy, TargetKind
 
 router = APIRouter()
 
@@ -17,12 +17,21 @@ router = APIRouter()
 def model_cards(parts: Components) -> list[dict[str, Any]]:
     config = parts.config
     cards: list[dict[str, Any]] = []
-    for name, target in parts.table.models.items():
-        info: dict[str, Any] = {"kind": target.kind.value, "upstream": target.name}
-        if target.kind is TargetKind.ADAPTER:
-            info["base"] = config.base_model_name
-            info["resident"] = parts.adapters.is_resident(name)
-            info["description"] = config.adapters[name].description
+    for name, entry in parts.table.models.items():
+        info: dict[str, Any]
+        if isinstance(entry, Policy):
+            info = {
+                "kind": "policy",
+                "description": entry.description,
+                "rules": [rule.name for rule in entry.rules],
+                "default": entry.default.label,
+            }
+        else:
+            info = {"kind": entry.kind.value, "upstream": entry.name}
+            if entry.kind is TargetKind.ADAPTER:
+                info["base"] = config.base_model_name
+                info["resident"] = parts.adapters.is_resident(name)
+                info["description"] = config.adapters[name].description
         cards.append(
             {"id": name, "object": "model", "created": parts.started_at, "owned_by": "turnout", "turnout": info}
         )

@@ -31,7 +31,7 @@ class StreamOptions(_Open):
     include_usage: StrictBool | None = None
 
 
-class _Request(_Open):
+class Request(_Open):
     model: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
@@ -39,18 +39,18 @@ class _Request(_Open):
     metadata: dict[str, StrictStr] | None = None
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(Request):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(Request):
     prompt: StrictStr | list[StrictStr] | list[int] | list[list[int]]
 
 
-_MODELS: dict[Endpoint, type[_Request]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+_MODELS: dict[Endpoint, type[Request]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
 
 
-def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], _Request]:
+def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], Request]:
     """The body as a dict (to forward) and as a checked model; :class:`InvalidRequest` when malformed."""
     if not raw.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
@@ -71,7 +71,7 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], _Requ
     return data, request
 
 
-def last_user_text(request: _Request) -> str:
+def last_user_text(request: Request) -> str:
     """The text routing matches against: the last user message, or the prompt."""
     if isinstance(request, ChatCompletionRequest):
         for message in reversed(request.messages):

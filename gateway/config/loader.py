@@ -35,7 +35,8 @@ def load_config(path: str | Path) -> TurnoutConfig:
     try:
         config = TurnoutConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(file, [_describe(file, err, os.environ) for err in exc.errors()]) from exc
+        problems = [line for err in exc.errors() for line in _describe(file, err, os.environ)]
+        raise ConfigError(file, problems) from exc
     config = _resolve_paths(config, file.resolve().parent)
     base_dir = config.base_model.path
     if base_dir is not None and not (base_dir / "config.json").is_file():
@@ -65,9 +66,9 @@ def _read_yaml(file: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(file: Path, err: Any, env: Mapping[str, str]) -> str:
+def _describe(file: Path, err: Any, env: Mapping[str, str]) -> list[str]:
     loc = [str(part) for part in err.get("loc", ())]
-    key = ".".join(loc) if loc else "(top level)"
+    key = ".".join(loc)
     message = str(err.get("msg", "invalid value"))
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
@@ -77,7 +78,9 @@ def _describe(file: Path, err: Any, env: Mapping[str, str]) -> str:
         message = "required key is missing"
     variable = _env_var_for(loc, env)
     source = f"environment variable {variable}" if variable else str(file)
-    return f"{source}: {key}: {message}"
+    if key:
+        return [f"{source}: {key}: {message}"]
+    return [f"{source}: {line}" for line in message.splitlines()]  # each names its own key path
 
 
 def _env_var_for(loc: list[str], env: Mapping[str, str]) -> str | None:

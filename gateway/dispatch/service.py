@@ -1,32 +1,28 @@
 """The completion service: parse, route, open the target (or its fallbacks), and answer.
 
 The router only decides; this service carries the decision out. Targets are tried in the decision's
-order while failures happen *before the first byte* and are retryable (upstream down, timeout, a
-model the upstream lost), which is the one point where trying elsewhere cannot duplicate output.
+order while failures happen *before the first byte* and their error class ``falls_back`` (upstream
+down, timeout, overloaded, an adapter that cannot be loaded): the one point where trying elsewhere
+cannot duplicate output.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
-from gateway.api.protocol import (
-    UPSTREAM_PATHS,
-    ChatCompletionRequest,
-    Endpoint,
-    last_user_text,
-    parse_request,
-)
+from gateway.api.protocol import UPSTREAM_PATHS, Endpoint, parse_request
 from gateway.dispatch.backend import Backend
+from gateway.dispatch.shaping import request_features, shape_body
 from gateway.dispatch.streaming import PassThroughStream
-from gateway.errors import ModelNotFound, TurnoutError, UpstreamError
-from routing import Decision, RequestFeatures, RoutingTable, TargetKind, decide
+from gateway.embeddings import Embedder
+from gateway.errors import ModelNotFound, TurnoutError
+from routing import Decision, RequestFeatures, RoutingTable, TargetKind, decide, explain
 
 log = logging.getLogger("turnout.dispatch")
 
@@ -40,42 +36,70 @@ class RequestContext:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
+@dataclass(slots=True)
+class Routed:
+    data: dict[str, Any]
+    stream: bool
+    features: RequestFeatures
+    decision: Decision
+
+
 class CompletionService:
-    def __init__(self, table: RoutingTable, backends: Mapping[TargetKind, Backend]) -> None:
+    """Serves completions by the current routing table (a reload swaps ``table`` in one assignment)."""
+
+    def __init__(self, table: RoutingTable, backends: Mapping[TargetKind, Backend], embedder: Embedder | None) -> None:
         self.table = table
         self.backends = backends
+        self.embedder = embedder
 
-    def route(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> tuple[dict[str, Any], bool, Decision]:
-        """Parse and decide, without calling anything: the body, whether it streams, and the decision."""
+    async def features(
+        self, endpoint: Endpoint, raw: bytes, ctx: RequestContext
+    ) -> tuple[dict[str, Any], bool, RequestFeatures]:
         data, request = parse_request(endpoint, raw)
-        features = RequestFeatures(
-            model=request.model,
-            tenant=ctx.tenant,
-            headers=ctx.headers,
-            metadata=request.metadata or {},
-            user=request.user,
-            text=last_user_text(request),
-            message_count=len(request.messages) if isinstance(request, ChatCompletionRequest) else 1,
-        )
-        decision = decide(features, self.table)
-        if decision is None:
+        features = request_features(request, ctx.request_id, ctx.tenant, ctx.headers)
+        table = self.table
+        if features.model not in table.models:
             raise ModelNotFound(
                 f"The model {request.model!r} does not exist here; GET /v1/models lists the names it serves",
                 param="model",
             )
-        return data, bool(request.stream), decision
+        if table.needs_embedding(features.model):
+            # One embedding per request: semantic conditions (and, later, retrieval) share it.
+            assert self.embedder is not None, "a table that needs embeddings is built with an embedder"
+            embedding = await self.embedder.embed_query(features.text)
+            features = replace(features, embedding=embedding)
+        return data, bool(request.stream), features
+
+    async def route(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Routed:
+        data, stream, features = await self.features(endpoint, raw, ctx)
+        decision = decide(features, self.table)
+        assert decision is not None  # the name was checked in features()
+        return Routed(data, stream, features, decision)
+
+    async def explain(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> dict[str, Any]:
+        """What ``complete`` would decide for this body, and why, without calling any backend."""
+        _, _, features = await self.features(endpoint, raw, ctx)
+        explained = explain(features, self.table)
+        assert explained is not None
+        return explained
 
     async def complete(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Response:
-        data, stream, decision = self.route(endpoint, raw, ctx)
+        routed = await self.route(endpoint, raw, ctx)
+        decision = routed.decision
         path = UPSTREAM_PATHS[endpoint]
         chain = decision.chain
+        failed: list[str] = []
         for position, target in enumerate(chain):
             headers = {"x-turnout-route": target.label, "x-turnout-rule": decision.rule}
-            body = raw if data.get("model") == target.name else _with_model(data, target.name)
+            if decision.policy is not None:
+                headers["x-turnout-policy"] = decision.policy
+            if failed:
+                headers["x-turnout-fallback-from"] = ",".join(failed)
+            body = shape_body(raw, routed.data, endpoint, target, target.name)
             try:
                 opened = await self.backends[target.kind].open(target, path, body)
-            except UpstreamError as exc:
-                if exc.retryable and position + 1 < len(chain):
+            except TurnoutError as exc:
+                if exc.falls_back and position + 1 < len(chain):
                     log.warning(
                         "request %s: %s failed (%s), trying %s",
                         ctx.request_id,
@@ -83,13 +107,11 @@ class CompletionService:
                         exc.code,
                         chain[position + 1].label,
                     )
+                    failed.append(target.label)
                     continue
                 exc.headers.update(headers)
                 raise
-            except TurnoutError as exc:
-                exc.headers.update(headers)
-                raise
-            if stream:
+            if routed.stream:
                 return PassThroughStream(opened, headers)
             try:
                 content = await opened.response.read()
@@ -99,8 +121,4 @@ class CompletionService:
         raise AssertionError("a decision always has at least one target")  # pragma: no cover
 
 
-def _with_model(data: dict[str, Any], name: str) -> bytes:
-    return orjson.dumps({**data, "model": name})
-
-
-__all__ = ["CompletionService", "RequestContext"]
+__all__ = ["CompletionService", "RequestContext", "Routed"]

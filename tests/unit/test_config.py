@@ -106,3 +106,44 @@ def test_cli_schema_and_check(tmp_path: Path) -> None:
     good = _write(tmp_path, "vllm:\n  model: m\n")
     result = _turnout("config", "check", str(good))
     assert result.returncode == 0, result.stderr
+
+
+POLICY_BASE = """
+vllm: {model: m}
+adapters:
+  a: {path: a}
+intents:
+  billing: {examples: [refund please], threshold: 0.5}
+"""
+
+
+@pytest.mark.parametrize(
+    ("policies", "expected"),
+    [
+        ("p: {default: adapter:zz}", "policies.p.default: adapter 'zz' is not declared under adapters"),
+        (
+            "p: {default: base, rules: [{name: r, when: {intent: nope}, target: base}]}",
+            "policies.p.rules[0].when: intent 'nope' is not defined under intents",
+        ),
+        ("p: {default: base, fallbacks: [rag:docs+adapter:q]}", "policies.p.fallbacks[0]: adapter 'q' is not declared"),
+        ("a: {default: base}", "policies.a: the name is also a model or adapter name"),
+        ("p: {default: openai:ft:gpt-4o-mini:x}", "policies.p.default: openai targets are not available"),
+        ("p: {default: 'gpu:1'}", "policies.p.default: 'gpu:1': unknown target kind 'gpu'"),
+    ],
+)
+def test_policy_references_are_checked(tmp_path: Path, policies: str, expected: str) -> None:
+    path = _write(tmp_path, POLICY_BASE + "policies:\n  " + policies + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(line.startswith(f"{path}: ") and expected in line for line in caught.value.problems), (
+        caught.value.problems
+    )
+
+
+def test_a_valid_policy_loads(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        POLICY_BASE + "policies:\n  p: {default: adapter:a, rules: [{name: r, when: "
+        "{intent: billing}, target: base}]}\n",
+    )
+    assert list(load_config(path).policies) == ["p"]

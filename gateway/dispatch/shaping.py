@@ -1,0 +1,90 @@
+"""What routing sees of a request, and how a request is reshaped for the target it was sent to.
+
+Shaping rewrites only what the target asks for: the model name the backend knows, the target's system
+prompt, and its caps on sampling parameters. A body that needs none of these is forwarded as the
+client's own bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, Request, last_user_text
+from routing import RequestFeatures, Target
+
+CONVERSATION_HEADER = "x-turnout-conversation"
+_CHARS_PER_TOKEN = 4  # a rough estimate, good enough to tell short prompts from long ones
+
+
+def request_features(
+    request: Request, request_id: str, tenant: str | None, headers: Mapping[str, str]
+) -> RequestFeatures:
+    if isinstance(request, ChatCompletionRequest):
+        chars = sum(len(m.content) if isinstance(m.content, str) else 64 for m in request.messages)
+        count = len(request.messages)
+        first_user = next((m.content for m in request.messages if m.role == "user"), None)
+    else:
+        assert isinstance(request, CompletionRequest)
+        prompt = request.prompt
+        chars = len(prompt) if isinstance(prompt, str) else sum(len(p) if isinstance(p, str) else 4 for p in prompt)
+        count = 1
+        first_user = prompt if isinstance(prompt, str) else None
+    metadata = request.metadata or {}
+    conversation = headers.get(CONVERSATION_HEADER) or metadata.get("conversation_id")
+    if conversation is None and isinstance(first_user, str):
+        # Every turn of one conversation repeats its first user message: it identifies the conversation.
+        conversation = hashlib.blake2b(first_user.encode(), digest_size=8).hexdigest()
+    return RequestFeatures(
+        model=request.model,
+        tenant=tenant,
+        headers=headers,
+        metadata=metadata,
+        user=request.user,
+        text=last_user_text(request),
+        message_count=count,
+        token_estimate=chars // _CHARS_PER_TOKEN,
+        request_id=request_id,
+        conversation=conversation,
+    )
+
+
+def shape_body(raw: bytes, data: dict[str, Any], endpoint: Endpoint, target: Target, upstream_model: str) -> bytes:
+    """The body to send for ``target``: the client's bytes when nothing changes, else a rewritten copy."""
+    caps = target.caps
+    if data.get("model") == upstream_model and target.system_prompt is None and not caps:
+        return raw
+    body = {**data, "model": upstream_model}
+    if target.system_prompt is not None:
+        _add_system_prompt(body, endpoint, target.system_prompt)
+    if caps.max_tokens is not None:
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        given = body.get(key)
+        body[key] = min(given, caps.max_tokens) if isinstance(given, int) else caps.max_tokens
+    for key, cap in (("temperature", caps.temperature), ("top_p", caps.top_p)):
+        if cap is not None:
+            given = body.get(key)
+            # absent means the backend's default of 1.0, which the cap also bounds
+            body[key] = min(given if isinstance(given, int | float) else 1.0, cap)
+    return orjson.dumps(body)
+
+
+def _add_system_prompt(body: dict[str, Any], endpoint: Endpoint, prompt: str) -> None:
+    if endpoint == "completions":
+        if isinstance(body.get("prompt"), str):
+            body["prompt"] = f"{prompt}\n\n{body['prompt']}"
+        return
+    messages = list(body["messages"])
+    first = messages[0] if messages else None
+    if (
+        isinstance(first, dict)
+        and first.get("role") in ("system", "developer")
+        and isinstance(first.get("content"), str)
+    ):
+        messages[0] = {**first, "content": f"{prompt}\n\n{first['content']}"}
+    else:
+        messages.insert(0, {"role": "system", "content": prompt})
+    body["messages"] = messages

