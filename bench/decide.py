@@ -71,7 +71,8 @@ def main() -> None:
     for count in (1, 10, 50, 200):
         table = policy(count)
         decision = decide(FEATURES, table)
-        assert decision is not None and decision.rule == "last"
+        assert decision is not None
+        assert decision.rule == "last"
         p50, p99 = timings(lambda t=table: decide(FEATURES, t))
         print(f"| {count} | {p50:.1f} | {p99:.1f} |")
 

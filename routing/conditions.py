@@ -8,8 +8,8 @@ on first use, in :class:`Scratch`.
 from __future__ import annotations
 
 import re
-from operator import attrgetter
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from routing.decision import RequestFeatures
@@ -217,7 +217,7 @@ class _All:
         self.parts = tuple(parts)
 
     def test(self, s: Scratch) -> bool:
-        for part in self.parts:  # a plain loop: a generator costs a frame per call on this hot path
+        for part in self.parts:  # noqa: SIM110  (a plain loop: a generator costs a frame per call here)
             if not part.test(s):
                 return False
         return True
@@ -234,7 +234,7 @@ class _Any(_All):
     __slots__ = ()
 
     def test(self, s: Scratch) -> bool:
-        for part in self.parts:
+        for part in self.parts:  # noqa: SIM110  (as above)
             if part.test(s):
                 return True
         return False
