@@ -22,10 +22,19 @@ app.add_typer(config_app, name="config")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(route_app, name="route")
 
+
+def _add_rag_commands() -> None:
+    from gateway.cli_rag import app as rag_app
+
+    app.add_typer(rag_app, name="rag")
+
+
+_add_rag_commands()
+
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The YAML configuration file.")]
 
 
-def _load_or_exit(path: Path) -> TurnoutConfig:
+def load_or_exit(path: Path) -> TurnoutConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -46,7 +55,7 @@ def serve(
 
     from gateway.app import create_app
 
-    settings = _load_or_exit(config)
+    settings = load_or_exit(config)
     server = settings.server
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
@@ -70,7 +79,7 @@ def config_schema() -> None:
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The YAML configuration file.")]) -> None:
     """Validate a configuration file and every adapter it declares, without serving."""
-    settings = _load_or_exit(file)
+    settings = load_or_exit(file)
     problems = [row["problem"] for row in _adapter_rows(settings, resident=None) if row["problem"]]
     for problem in problems:
         typer.echo(f"{file}: {problem}", err=True)
@@ -88,7 +97,7 @@ def adapters_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Declared adapters, whether each is valid, and whether vLLM holds it now."""
-    settings = _load_or_exit(config)
+    settings = load_or_exit(config)
     resident = _resident_on_vllm(settings)
     rows = _adapter_rows(settings, resident)
     if as_json:
@@ -122,7 +131,7 @@ def route_explain(
     from gateway.errors import TurnoutError
     from gateway.routing_state import build_routing_table, policies_use_intents
 
-    settings = _load_or_exit(config)
+    settings = load_or_exit(config)
     try:
         raw = sys.stdin.buffer.read() if str(request_file) == "-" else request_file.read_bytes()
     except OSError as exc:

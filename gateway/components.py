@@ -15,14 +15,15 @@ import logging
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from gateway.adapters.manager import AdapterManager, ManagerSettings
 from gateway.adapters.validation import BaseModelFacts
+from gateway.auth import Authenticator
 from gateway.config import ConfigError, TurnoutConfig, load_config
-from gateway.dispatch.backend import VllmBackend
+from gateway.dispatch.backend import Backend, VllmBackend
 from gateway.dispatch.service import CompletionService
 from gateway.embeddings import Embedder, EmbedderError
 from gateway.errors import ConfigRejected, TurnoutError
@@ -30,12 +31,24 @@ from gateway.routing_state import build_routing_table, policies_use_intents
 from gateway.upstream.client import Upstream, UpstreamSettings
 from routing import RoutingTable, TargetKind
 
+if TYPE_CHECKING:  # the vector store client is imported only when retrieval is configured
+    from gateway.rag.ingest import Ingestor
+    from gateway.rag.store import VectorStore
+
 log = logging.getLogger("turnout")
 
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; closing ours sooner avoids reusing one
 # the server is about to drop.
 _KEEPALIVE_S = 4.0
 _RESTART_SECTIONS = ("server", "vllm", "embeddings")
+
+
+class StartupError(Exception):
+    """A component cannot start (the vector store is locked, the embedding model is missing)."""
+
+
+def needs_embedder(config: TurnoutConfig) -> bool:
+    return policies_use_intents(config) or bool(config.rag.collections)
 
 
 def base_model_facts(config: TurnoutConfig) -> BaseModelFacts:
@@ -51,16 +64,23 @@ class Components:
         upstream: Upstream,
         adapters: AdapterManager,
         service: CompletionService,
+        store: VectorStore | None,
+        ingestor: Ingestor | None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.upstream = upstream
         self.adapters = adapters
         self.service = service
+        self.store = store
+        self.ingestor = ingestor
+        self.auth = Authenticator(config.auth)
         self.started_at = int(time.time())
         self.reloads = 0
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        if self.store is not None:
+            await self.store.close()
         if self.service.embedder is not None:
             self.service.embedder.close()
 
@@ -78,14 +98,27 @@ class Components:
             raise ConfigRejected("configuration not reloaded: " + " | ".join(exc.problems)) from exc
         old = self.config
         restart = [s for s in _RESTART_SECTIONS if getattr(new, s) != getattr(old, s)]
+        if new.rag.store != old.rag.store:
+            restart.append("rag.store")
+        if bool(new.rag.collections) != bool(old.rag.collections):
+            restart.append("rag.collections")  # turning retrieval on or off opens or closes the store
         # What needs a restart keeps its running value, so the gateway stays coherent.
-        new = new.model_copy(update={s: getattr(old, s) for s in _RESTART_SECTIONS})
+        kept = {s: getattr(old, s) for s in _RESTART_SECTIONS}
+        if "rag.collections" in restart:
+            kept["rag"] = old.rag
+        else:
+            kept["rag"] = new.rag.model_copy(update={"store": old.rag.store})
+        new = new.model_copy(update=kept)
         try:
             embedder = await _embedder_for(new, self.service.embedder)
             table = await build_routing_table(new, embedder)
         except (ValueError, EmbedderError) as exc:
             raise ConfigRejected(f"configuration not reloaded: {self.config_path}: {exc}") from exc
         self.adapters.update(new.adapters)
+        rag = self.service.backends.get(TargetKind.RAG)
+        if rag is not None:
+            rag.collections = new.rag.collections  # type: ignore[attr-defined]
+        self.auth = Authenticator(new.auth)
         self.service.embedder = embedder
         self.service.table = table
         self.config = new
@@ -103,8 +136,8 @@ class Components:
 
 
 async def _embedder_for(config: TurnoutConfig, current: Embedder | None) -> Embedder | None:
-    """The loaded embedder when the policies use intents (the current one if there is one)."""
-    if current is not None or not policies_use_intents(config):
+    """The loaded embedder when intents or retrieval need one (the current one if there is one)."""
+    if current is not None or not needs_embedder(config):
         return current
     embedder = Embedder(config.embeddings)
     await embedder.start()
@@ -142,10 +175,27 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
     except TurnoutError as exc:
         # Not fatal: vLLM may start after the gateway; residency is learnt on first use then.
         log.warning("could not read vLLM's adapters at start-up: %s", exc.message)
-    embedder = await _embedder_for(config, None)
+    try:
+        embedder = await _embedder_for(config, None)
+    except EmbedderError as exc:
+        raise StartupError(str(exc)) from exc
     table = await build_routing_table(config, embedder)
-    backend = VllmBackend(upstream, adapters)
-    service = CompletionService(table, {TargetKind.BASE: backend, TargetKind.ADAPTER: backend}, embedder)
-    components = Components(config, config_path, upstream, adapters, service)
-    stack.callback(components.close)
+    vllm_backend = VllmBackend(upstream, adapters)
+    backends: dict[TargetKind, Backend] = {TargetKind.BASE: vllm_backend, TargetKind.ADAPTER: vllm_backend}
+    store = ingestor = None
+    if config.rag.collections:
+        from gateway.rag.backend import RagBackend
+        from gateway.rag.ingest import Ingestor
+        from gateway.rag.store import StoreError, VectorStore
+
+        assert embedder is not None
+        try:
+            store = VectorStore.open(config.rag.store, embedder.dimension)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from exc
+        ingestor = Ingestor(store, embedder, config.rag.chunking)
+        backends[TargetKind.RAG] = RagBackend(store, embedder, config.rag.collections, vllm_backend)
+    service = CompletionService(table, backends, embedder)
+    components = Components(config, config_path, upstream, adapters, service, store, ingestor)
+    stack.push_async_callback(components.aclose)
     return components

@@ -91,6 +91,25 @@ class Embedder:
     async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.embed_many, list(texts))
 
+    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        """Embed document chunks in batches, bypassing the query cache (they are embedded once)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, list(texts))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the model's own tokenizer (chunks are sized in these)."""
+        if self._model is None:
+            self.load()
+        assert self._model is not None
+        return len(self._model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input the model reads; longer text is cut off by the model."""
+        if self._model is None:
+            self.load()
+        assert self._model is not None
+        return int(self._model.max_seq_length or 256)
+
     def _encode(self, texts: list[str]) -> list[Vector]:
         if self._model is None:
             self.load()

@@ -9,11 +9,15 @@ while the client sees a clear, bounded message and never a traceback.
     +-- InvalidRequest                400 invalid_request_error  (malformed JSON, schema errors)
     |   +-- InvalidAdapter            400 invalid_request_error  (adapter files fail validation)
     |   +-- ConfigRejected            400 invalid_request_error  (a reload found the new file invalid)
+    +-- Unauthenticated               401 invalid_request_error  code invalid_api_key
+    +-- PermissionDenied              403 invalid_request_error  code permission_denied
     +-- RequestTooLarge               413 invalid_request_error
     +-- ModelNotFound                 404 invalid_request_error  code model_not_found
     +-- RouteNotFound                 404 invalid_request_error  (unknown URL)
     +-- MethodNotAllowed              405 invalid_request_error
     +-- CapacityExhausted             503 service_unavailable    (every adapter slot busy)
+    +-- RetrievalUnavailable          503 service_unavailable    (vector store or embedder failed)
+    +-- CollectionNotFound            404 invalid_request_error
     +-- UpstreamError                 502 upstream_error         (bad answer from a backend)
         +-- UpstreamRejected          4xx as the upstream said   (the backend refused the request)
         +-- UpstreamUnavailable       503 upstream_unavailable   (cannot connect)
@@ -66,6 +70,31 @@ class InvalidAdapter(InvalidRequest):
 
 class ConfigRejected(InvalidRequest):
     default_code = "invalid_config"
+
+
+class Unauthenticated(TurnoutError):
+    status = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(TurnoutError):
+    status = 403
+    error_type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
+class CollectionNotFound(TurnoutError):
+    status = 404
+    error_type = "invalid_request_error"
+    default_code = "collection_not_found"
+
+
+class RetrievalUnavailable(TurnoutError):
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "retrieval_unavailable"
+    falls_back = True
 
 
 class RequestTooLarge(TurnoutError):

@@ -1,6 +1,6 @@
 """Policy routing: pure functions from a request's features to a decision. Never imports ``gateway``."""
 
-from routing.decision import NO_CAPS, Caps, Decision, RequestFeatures, Target, TargetKind
+from routing.decision import NO_CAPS, Caps, Decision, RagOptions, RequestFeatures, Target, TargetKind
 from routing.policy import Policy, compile_policy, target_resolver
 from routing.table import RoutingTable, decide, explain
 
@@ -9,6 +9,7 @@ __all__ = [
     "Caps",
     "Decision",
     "Policy",
+    "RagOptions",
     "RequestFeatures",
     "RoutingTable",
     "Target",

@@ -36,6 +36,15 @@ NO_CAPS = Caps()
 
 
 @dataclass(frozen=True, slots=True)
+class RagOptions:
+    """A rule's retrieval settings; ``None`` takes the collection's own."""
+
+    on_empty: str | None = None  # answer | next_rule | refuse
+    top_k: int | None = None
+    score_threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where a request is served, and how the request is shaped for it.
 
@@ -48,6 +57,7 @@ class Target:
     generator: Target | None = None
     system_prompt: str | None = None
     caps: Caps = NO_CAPS
+    rag: RagOptions | None = None
 
     @property
     def label(self) -> str:

@@ -14,7 +14,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from routing.conditions import Condition, Scratch, compile_condition, intents_used
-from routing.decision import Caps, Decision, RequestFeatures, Target, TargetKind
+from routing.decision import Caps, Decision, RagOptions, RequestFeatures, Target, TargetKind
 from routing.spec import PolicySpec, SplitSpec, TargetSpec
 
 if TYPE_CHECKING:
@@ -81,9 +81,15 @@ class Policy:
         checks = tuple((r, r.condition.test if r.condition is not None else None) for r in self.rules)
         object.__setattr__(self, "checks", checks)
 
-    def decide(self, features: RequestFeatures) -> Decision:
+    def decide(self, features: RequestFeatures, after: str | None = None) -> Decision:
+        """The first matching rule's decision; ``after`` skips the rules up to and including that one
+        (a RAG rule whose retrieval came back empty passes the request on this way)."""
         scratch = Scratch(features, self.intents)
-        for rule, test in self.checks:
+        checks = self.checks
+        if after is not None:
+            names = [rule.name for rule, _ in checks]
+            checks = checks[names.index(after) + 1 :] if after in names else ()
+        for rule, test in checks:
             if test is None or test(scratch):
                 return self._decision(rule, scratch)
         return Decision(
@@ -187,7 +193,8 @@ def target_resolver(base_model: str) -> TargetResolver:
                 if generator == "base"
                 else Target(TargetKind.ADAPTER, generator.partition(":")[2])
             )
-            return Target(TargetKind.RAG, spec.rag.collection, answer, prompt, caps)
+            options = RagOptions(spec.rag.on_empty, spec.rag.top_k, spec.rag.score_threshold)
+            return Target(TargetKind.RAG, spec.rag.collection, answer, prompt, caps, options)
         return Target(TargetKind.BASE, base_model, None, prompt, caps)
 
     return resolve

@@ -34,6 +34,13 @@ class CapsSpec(_Spec):
 class RagSpec(_Spec):
     collection: str = Field(description="The collection retrieved from.")
     generator: str = Field("base", description="What answers with the retrieved context: base or adapter:NAME.")
+    on_empty: Literal["answer", "next_rule", "refuse"] | None = Field(
+        None, description="When nothing clears the threshold (default: the collection's setting)."
+    )
+    top_k: int | None = Field(None, ge=1, le=50, description="Chunks retrieved (default: the collection's).")
+    score_threshold: float | None = Field(
+        None, ge=-1, le=1, description="Lowest similarity (default: the collection's)."
+    )
 
     @field_validator("generator")
     @classmethod

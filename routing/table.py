@@ -49,13 +49,15 @@ class RoutingTable:
         return isinstance(entry, Policy) and entry.needs_embedding
 
 
-def decide(features: RequestFeatures, table: RoutingTable) -> Decision | None:
-    """The decision for one request, or ``None`` when no name in the table matches its model."""
+def decide(features: RequestFeatures, table: RoutingTable, after: str | None = None) -> Decision | None:
+    """The decision for one request, or ``None`` when no name in the table matches its model.
+
+    ``after`` names a rule whose target passed the request on: evaluation resumes after it."""
     entry = table.models.get(features.model)
     if entry is None:
         return None
     if isinstance(entry, Policy):
-        return entry.decide(features)
+        return entry.decide(features, after)
     return Decision(target=entry, rule="model-name", reason=f"model {features.model!r} names {entry.label}")
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from gateway.api.deps import ComponentsDep
+from gateway.api.deps import ComponentsDep, admin_identity
 
-router = APIRouter(prefix="/admin")
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_identity)])
 
 
 @router.get("/adapters")

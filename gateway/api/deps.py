@@ -6,6 +6,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from gateway.auth import Identity
 from gateway.components import Components
 from gateway.dispatch.service import RequestContext
 from gateway.errors import RequestTooLarge
@@ -15,8 +16,19 @@ def components(request: Request) -> Components:
     return cast(Components, request.app.state.components)
 
 
-def request_context(request: Request) -> RequestContext:
-    return RequestContext(request_id=request.scope["state"]["request_id"], headers=request.headers)
+def identity(request: Request, parts: Annotated[Components, Depends(components)]) -> Identity:
+    return parts.auth.identify(request.headers.get("authorization"))
+
+
+def admin_identity(who: Annotated[Identity, Depends(identity)]) -> Identity:
+    from gateway.auth import Authenticator
+
+    Authenticator.require_admin(who)
+    return who
+
+
+def request_context(request: Request, who: Annotated[Identity, Depends(identity)]) -> RequestContext:
+    return RequestContext(request_id=request.scope["state"]["request_id"], tenant=who.tenant, headers=request.headers)
 
 
 async def request_body(request: Request, parts: Annotated[Components, Depends(components)]) -> bytes:
@@ -36,5 +48,7 @@ async def request_body(request: Request, parts: Annotated[Components, Depends(co
 
 
 ComponentsDep = Annotated[Components, Depends(components)]
+IdentityDep = Annotated[Identity, Depends(identity)]
+AdminDep = Annotated[Identity, Depends(admin_identity)]
 ContextDep = Annotated[RequestContext, Depends(request_context)]
 BodyDep = Annotated[bytes, Depends(request_body)]

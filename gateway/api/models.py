@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.api.deps import ComponentsDep
+from gateway.api.deps import ComponentsDep, IdentityDep
 from gateway.components import Components
 from gateway.errors import ModelNotFound
 from routing import Policy, TargetKind
@@ -39,12 +39,12 @@ def model_cards(parts: Components) -> list[dict[str, Any]]:
 
 
 @router.get("/v1/models")
-async def list_models(parts: ComponentsDep) -> dict[str, Any]:
+async def list_models(parts: ComponentsDep, _: IdentityDep) -> dict[str, Any]:
     return {"object": "list", "data": model_cards(parts)}
 
 
 @router.get("/v1/models/{model:path}")
-async def retrieve_model(model: str, parts: ComponentsDep) -> dict[str, Any]:
+async def retrieve_model(model: str, parts: ComponentsDep, _: IdentityDep) -> dict[str, Any]:
     for card in model_cards(parts):
         if card["id"] == model:
             return card

@@ -103,4 +103,6 @@ def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
     base_model = config.base_model
     if base_model.path is not None:
         base_model = BaseModelConfig.model_validate({**base_model.model_dump(), "path": resolve(base_model.path)})
-    return config.model_copy(update={"adapters": adapters, "base_model": base_model})
+    store = config.rag.store.model_copy(update={"path": resolve(config.rag.store.path)})
+    rag = config.rag.model_copy(update={"store": store})
+    return config.model_copy(update={"adapters": adapters, "base_model": base_model, "rag": rag})

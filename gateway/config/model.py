@@ -8,11 +8,12 @@ for example ``TURNOUT_VLLM__URL`` or ``TURNOUT_VLLM__API_KEY``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from routing.conditions import ABSTAIN, intents_used
@@ -122,6 +123,91 @@ class EmbeddingsConfig(Section):
     cache_size: int = Field(4096, ge=0, description="Query embeddings kept, by text, so repeats cost nothing.")
 
 
+class ApiKeyConfig(Section):
+    key: SecretStr | None = Field(
+        None, description="The key itself (prefer key_sha256, or set it from the environment)."
+    )
+    key_sha256: str | None = Field(None, description="SHA-256 (hex) of the key, so the file holds no secret.")
+    tenant: ModelName | None = Field(None, description="The tenant this key acts for (policies, RAG partitions).")
+    admin: bool = Field(False, description="May call /admin and manage every tenant's documents.")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Self:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key or key_sha256")
+        if self.key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.key_sha256):
+            raise ValueError("key_sha256 must be 64 lower-case hex digits")
+        return self
+
+    def digest(self) -> str:
+        if self.key is not None:
+            return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+        assert self.key_sha256 is not None
+        return self.key_sha256
+
+
+class AuthConfig(Section):
+    keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description="API keys callers send as 'Authorization: Bearer KEY'. None configured: no authentication, "
+        "and every caller is anonymous (no tenant).",
+    )
+
+
+class RagStoreConfig(Section):
+    path: Path = Field(
+        Path("qdrant-data"), description="Embedded Qdrant storage directory (relative to the config file)."
+    )
+    url: HttpUrl | None = Field(None, description="A Qdrant server instead of embedded storage.")
+    api_key: SecretStr | None = Field(None, description="The Qdrant server's API key; use TURNOUT_RAG__STORE__API_KEY.")
+
+
+class ChunkingConfig(Section):
+    max_tokens: int = Field(200, ge=8, le=512, description="Largest chunk, in the embedding model's tokens.")
+    overlap_tokens: int = Field(32, ge=0, le=128, description="Tokens repeated from one chunk into the next.")
+
+    @model_validator(mode="after")
+    def _overlap_below_half(self) -> Self:
+        if self.overlap_tokens >= self.max_tokens // 2:
+            raise ValueError("overlap_tokens must be below half of max_tokens")
+        return self
+
+
+class CollectionConfig(Section):
+    description: str = ""
+    top_k: int = Field(4, ge=1, le=50, description="Chunks put into the prompt at most.")
+    score_threshold: float = Field(0.3, ge=-1, le=1, description="Lowest cosine similarity a chunk needs.")
+    on_empty: Literal["answer", "next_rule", "refuse"] = Field(
+        "answer",
+        description="When no chunk clears the threshold: answer without context, fall through to the next rule, "
+        "or refuse with refuse_message.",
+    )
+    refuse_message: str = Field(
+        "I could not find this in the reference documents.", description="The answer when on_empty is refuse."
+    )
+    template: str | None = Field(
+        None,
+        description="System prompt that carries the retrieved context; must contain {context}. "
+        "The default labels the documents as reference data, not instructions.",
+    )
+    snippet_chars: int = Field(240, ge=0, le=4000, description="Length of the snippet in each citation.")
+
+    @field_validator("template")
+    @classmethod
+    def _has_context(cls, value: str | None) -> str | None:
+        if value is not None and "{context}" not in value:
+            raise ValueError("the template must contain {context}, where the retrieved documents go")
+        return value
+
+
+class RagConfig(Section):
+    store: RagStoreConfig = Field(default_factory=RagStoreConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    collections: dict[ModelName, CollectionConfig] = Field(
+        default_factory=dict, description="Collections that rag targets may retrieve from."
+    )
+
+
 class TurnoutConfig(BaseSettings):
     """The whole configuration file."""
 
@@ -135,7 +221,9 @@ class TurnoutConfig(BaseSettings):
     adapters: dict[ModelName, AdapterConfig] = Field(
         default_factory=dict, description="LoRA adapters by the name clients call them."
     )
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    rag: RagConfig = Field(default_factory=RagConfig)
     intents: dict[ModelName, IntentSpec] = Field(
         default_factory=dict, description="Semantic intents: example utterances and a similarity threshold."
     )
@@ -165,6 +253,9 @@ class TurnoutConfig(BaseSettings):
                 raise ValueError(f"policies.{name}: the name is also a model or adapter name; rename the policy")
         if ABSTAIN in self.intents:
             raise ValueError(f"intents.{ABSTAIN}: the name is reserved for 'no intent matched'")
+        digests = [key.digest() for key in self.auth.keys]
+        if len(set(digests)) != len(digests):
+            raise ValueError("auth.keys: the same key is listed twice")
         problems = [p for name, policy in self.policies.items() for p in self._policy_problems(name, policy)]
         if problems:
             raise ValueError("\n".join(problems))
@@ -189,8 +280,8 @@ class TurnoutConfig(BaseSettings):
             if target.rag is not None and target.rag.generator != "base":
                 adapters.append(target.rag.generator.partition(":")[2])
             found += [f"{at}: adapter {a!r} is not declared under adapters" for a in adapters if a not in self.adapters]
-            if target.rag is not None:
-                found.append(f"{at}: rag targets are not available in this version")
+            if target.rag is not None and target.rag.collection not in self.rag.collections:
+                found.append(f"{at}: collection {target.rag.collection!r} is not declared under rag.collections")
             if target.openai is not None:
                 found.append(f"{at}: openai targets are not available in this version")
         return found

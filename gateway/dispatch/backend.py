@@ -1,28 +1,64 @@
 """The interface every backend offers, and the vLLM backend (base model and LoRA adapters).
 
-A backend opens the upstream answer for one target and returns it unread, so the service can stream it
-or read it whole. ``close`` on the returned handle must run exactly once, whatever happens; it releases
-what the backend held for the request (an adapter lease, the connection).
+A backend opens the answer for one target and returns it unread, so the service can stream it or read
+it whole. ``close`` on the returned handle must run exactly once, whatever happens; it releases what
+the backend held for the request (an adapter lease, the connection).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from gateway.adapters.manager import AdapterManager
+from gateway.api.protocol import UPSTREAM_PATHS, Endpoint
+from gateway.dispatch.shaping import shape_body
 from gateway.errors import UpstreamModelMissing
-from gateway.upstream.client import Upstream, UpstreamResponse
-from routing import Target, TargetKind
+from gateway.upstream.client import Upstream
+from routing import RequestFeatures, Target, TargetKind
+
+
+class Answer(Protocol):
+    """An answer not read yet: from an upstream (``UpstreamResponse``) or made here (``StaticAnswer``)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as the backends see it: the client's bytes, parsed body and routing features."""
+
+    endpoint: Endpoint
+    raw: bytes
+    data: dict[str, Any]
+    features: RequestFeatures
+
+    @property
+    def path(self) -> str:
+        return UPSTREAM_PATHS[self.endpoint]
 
 
 @dataclass(slots=True)
 class Opened:
-    """An upstream answer with status 2xx, not read yet, and what to release when done with it."""
+    """An answer with status 2xx, not read yet, and what to release when done with it.
 
-    response: UpstreamResponse
+    ``citations`` (RAG) are added to the answer by the service; ``headers`` go on the response."""
+
+    response: Answer
     on_close: Callable[[], None] | None = None
+    citations: list[dict[str, Any]] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         self.response.close()
@@ -31,8 +67,12 @@ class Opened:
             callback()
 
 
+class PassToNextRule(Exception):
+    """A target has nothing to say (retrieval found nothing) and its rule lets the next rule decide."""
+
+
 class Backend(Protocol):
-    async def open(self, target: Target, path: str, body: bytes) -> Opened: ...
+    async def open(self, target: Target, call: Call) -> Opened: ...
 
 
 class VllmBackend:
@@ -42,7 +82,12 @@ class VllmBackend:
         self.upstream = upstream
         self.adapters = adapters
 
-    async def open(self, target: Target, path: str, body: bytes) -> Opened:
+    async def open(self, target: Target, call: Call) -> Opened:
+        return await self.open_body(
+            target, call.path, shape_body(call.raw, call.data, call.endpoint, target, target.name)
+        )
+
+    async def open_body(self, target: Target, path: str, body: bytes) -> Opened:
         if target.kind is not TargetKind.ADAPTER:
             return Opened(await self.upstream.open(path, body, model=target.name))
         lease = await self.adapters.acquire(target.name)

@@ -9,19 +9,20 @@ cannot duplicate output.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from starlette.responses import Response
 
-from gateway.api.protocol import UPSTREAM_PATHS, Endpoint, parse_request
-from gateway.dispatch.backend import Backend
-from gateway.dispatch.shaping import request_features, shape_body
+from gateway.api.protocol import Endpoint, parse_request
+from gateway.dispatch.answers import stream_with_citations, with_citations
+from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
+from gateway.dispatch.shaping import request_features
 from gateway.dispatch.streaming import PassThroughStream
 from gateway.embeddings import Embedder
-from gateway.errors import ModelNotFound, TurnoutError
+from gateway.errors import ModelNotFound, RetrievalUnavailable, TurnoutError
 from routing import Decision, RequestFeatures, RoutingTable, TargetKind, decide, explain
 
 log = logging.getLogger("turnout.dispatch")
@@ -85,20 +86,43 @@ class CompletionService:
 
     async def complete(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Response:
         routed = await self.route(endpoint, raw, ctx)
+        call = Call(endpoint, raw, routed.data, routed.features)
         decision = routed.decision
-        path = UPSTREAM_PATHS[endpoint]
+        passed: list[str] = []
+        while True:
+            try:
+                return await self._serve(call, routed.stream, decision, passed, ctx)
+            except PassToNextRule as exc:
+                # Retrieval came back empty and the rule passes the request on: the rules after it decide.
+                log.info("request %s: rule %s passed the request on: %s", ctx.request_id, decision.rule, exc)
+                passed.append(decision.rule)
+                following = decide(routed.features, self.table, after=decision.rule)
+                assert following is not None
+                decision = following
+
+    async def _serve(
+        self, call: Call, stream: bool, decision: Decision, passed: list[str], ctx: RequestContext
+    ) -> Response:
         chain = decision.chain
         failed: list[str] = []
         for position, target in enumerate(chain):
             headers = {"x-turnout-route": target.label, "x-turnout-rule": decision.rule}
             if decision.policy is not None:
                 headers["x-turnout-policy"] = decision.policy
+            if passed:
+                headers["x-turnout-passed-rules"] = ",".join(passed)
             if failed:
                 headers["x-turnout-fallback-from"] = ",".join(failed)
-            body = shape_body(raw, routed.data, endpoint, target, target.name)
             try:
-                opened = await self.backends[target.kind].open(target, path, body)
+                opened = await self.backends[target.kind].open(target, call)
+            except PassToNextRule:
+                if position == 0:
+                    raise
+                failed.append(target.label)  # a fallback with nothing to say: try the next one
+                continue
             except TurnoutError as exc:
+                if isinstance(exc, RetrievalUnavailable):
+                    headers["x-turnout-degraded"] = "retrieval"
                 if exc.falls_back and position + 1 < len(chain):
                     log.warning(
                         "request %s: %s failed (%s), trying %s",
@@ -108,17 +132,35 @@ class CompletionService:
                         chain[position + 1].label,
                     )
                     failed.append(target.label)
+                    if isinstance(exc, RetrievalUnavailable):
+                        failed[-1] += "(retrieval)"
                     continue
                 exc.headers.update(headers)
                 raise
-            if routed.stream:
-                return PassThroughStream(opened, headers)
-            try:
-                content = await opened.response.read()
-            finally:
-                opened.close()
-            return Response(content, opened.response.status, headers, opened.response.content_type)
+            headers.update(opened.headers)
+            if any(label.endswith("(retrieval)") for label in failed):
+                headers["x-turnout-degraded"] = "retrieval"
+            return await _respond(opened, call.endpoint, stream, headers)
         raise AssertionError("a decision always has at least one target")  # pragma: no cover
+
+
+async def _respond(opened: Opened, endpoint: Endpoint, stream: bool, headers: dict[str, str]) -> Response:
+    citations = opened.citations
+    if stream:
+        transform = None
+        if citations is not None:
+
+            def transform(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+                return stream_with_citations(chunks, endpoint, citations)
+
+        return PassThroughStream(opened, headers, transform)
+    try:
+        content = await opened.response.read()
+    finally:
+        opened.close()
+    if citations is not None:
+        content = with_citations(content, endpoint, citations)
+    return Response(content, opened.response.status, headers, opened.response.content_type)
 
 
 __all__ = ["CompletionService", "RequestContext", "Routed"]

@@ -9,7 +9,7 @@ needs and the adapter lease is released exactly once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 import anyio
@@ -23,8 +23,14 @@ log = logging.getLogger("turnout.stream")
 
 
 class PassThroughStream(Response):
-    def __init__(self, opened: Opened, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        opened: Opened,
+        headers: Mapping[str, str],
+        transform: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
+    ) -> None:
         self.opened = opened
+        self.transform = transform
         self.status_code = opened.response.status
         self.media_type = opened.response.content_type
         self.background = None
@@ -49,7 +55,10 @@ class PassThroughStream(Response):
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
-            async for chunk in self.opened.response.chunks():
+            chunks = self.opened.response.chunks()
+            if self.transform is not None:
+                chunks = self.transform(chunks)
+            async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are gone already, so the failure is told in-band, as an SSE error event the

@@ -1,0 +1,51 @@
+"""Who is calling: API keys mapped to a tenant (and an admin flag), checked on every request.
+
+Keys are looked up by their SHA-256, so the configuration can hold digests instead of secrets and the
+comparison does not depend on how much of a key matches. With no keys configured the gateway is open
+and every caller is anonymous: no tenant, no admin rights needed (a local, single-team setup).
+The tenant always comes from here, never from a request body: it is what isolates tenants' documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from gateway.config.model import AuthConfig
+from gateway.errors import PermissionDenied, Unauthenticated
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    tenant: str | None
+    admin: bool
+
+
+ANONYMOUS = Identity(tenant=None, admin=True)  # an open gateway has no one to refuse
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig) -> None:
+        self._keys = {key.digest(): Identity(key.tenant, key.admin) for key in config.keys}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, authorization: str | None) -> Identity:
+        if not self._keys:
+            return ANONYMOUS
+        if not authorization:
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer YOUR_KEY'")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer YOUR_KEY'")
+        identity = self._keys.get(hashlib.sha256(key.strip().encode()).hexdigest())
+        if identity is None:
+            raise Unauthenticated("invalid API key")
+        return identity
+
+    @staticmethod
+    def require_admin(identity: Identity) -> None:
+        if not identity.admin:
+            raise PermissionDenied("this needs an admin API key")

@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: documents, chunks, the vector store, retrieval and citations."""

@@ -1,0 +1,76 @@
+"""The RAG backend: retrieve, put the chunks into the prompt, answer with the generator, cite.
+
+The generator is the base model or an adapter on vLLM (the hybrid: the adapter brings tone and format,
+retrieval brings the facts). What happens when nothing clears the score threshold is the rule's call:
+answer without context, pass the request to the next rule, or refuse in a written answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from gateway.config.model import CollectionConfig
+from gateway.dispatch.answers import written_answer
+from gateway.dispatch.backend import Call, Opened, PassToNextRule, VllmBackend
+from gateway.dispatch.shaping import shape_body
+from gateway.embeddings import Embedder
+from gateway.errors import RetrievalUnavailable, TurnoutError
+from gateway.rag.retrieval import Hit, render_context, retrieve
+from gateway.rag.store import VectorStore
+from routing import RagOptions, Target
+
+
+class RagBackend:
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: Embedder,
+        collections: Mapping[str, CollectionConfig],
+        generator: VllmBackend,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.collections = collections
+        self.generator = generator
+
+    async def open(self, target: Target, call: Call) -> Opened:
+        collection = self.collections[target.name]
+        options = target.rag or RagOptions()
+        top_k = options.top_k or collection.top_k
+        threshold = options.score_threshold if options.score_threshold is not None else collection.score_threshold
+        on_empty = options.on_empty or collection.on_empty
+        hits = await self._retrieve(target.name, call, top_k, threshold)
+        headers = {"x-turnout-citations": str(len(hits)), "x-turnout-retrieval": "hits" if hits else "empty"}
+        if not hits and on_empty == "next_rule":
+            raise PassToNextRule(f"no chunk of {target.name!r} scored {threshold:g} or more")
+        if not hits and on_empty == "refuse":
+            answer = written_answer(
+                call.endpoint, str(call.data.get("model")), collection.refuse_message, bool(call.data.get("stream"))
+            )
+            return Opened(answer, citations=[], headers=headers)
+        assert target.generator is not None, "a rag target always has a generator"
+        prompt = target.system_prompt
+        if hits:
+            context = render_context(hits, collection.template)
+            prompt = f"{prompt}\n\n{context}" if prompt else context
+        shaped = replace(target.generator, system_prompt=prompt, caps=target.caps)
+        body = shape_body(call.raw, call.data, call.endpoint, shaped, target.generator.name)
+        opened = await self.generator.open_body(target.generator, call.path, body)
+        opened.citations = [hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)]
+        opened.headers.update(headers)
+        return opened
+
+    async def _retrieve(self, collection: str, call: Call, top_k: int, threshold: float) -> list[Hit]:
+        features = call.features
+        try:
+            # The routing embedding when the policy computed one; else the embedder's cache makes sure the
+            # same text is never embedded twice.
+            vector = features.embedding or await self.embedder.embed_query(features.text)
+            return await retrieve(self.store, collection, features.tenant, vector, top_k, threshold)
+        except TurnoutError:
+            raise
+        except Exception as exc:  # any failure of the store or the model means the same: retrieval is down
+            raise RetrievalUnavailable(
+                f"retrieval from collection {collection!r} failed ({exc.__class__.__name__}: {str(exc)[:200]})"
+            ) from exc

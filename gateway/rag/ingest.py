@@ -1,0 +1,94 @@
+"""Ingestion: documents in, chunks embedded and stored, with a report of what happened to each.
+
+A document's id is stable, so ingesting it again compares content hashes: unchanged is skipped
+without embedding anything, changed replaces exactly its chunks. Documents are independent, so one
+failure is reported and the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.config.model import ChunkingConfig
+from gateway.embeddings import Embedder
+from gateway.rag.chunking import chunk_text
+from gateway.rag.documents import Document
+from gateway.rag.store import VectorStore
+
+log = logging.getLogger("turnout.rag")
+
+Outcome = Literal["added", "replaced", "skipped"]
+
+
+@dataclass(slots=True)
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    chunks: int = 0
+
+    def record(self, doc_id: str, outcome: Outcome, chunks: int) -> None:
+        getattr(self, outcome).append(doc_id)
+        self.chunks += chunks
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "replaced": self.replaced,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "chunks": self.chunks,
+        }
+
+
+class Ingestor:
+    def __init__(self, store: VectorStore, embedder: Embedder, chunking: ChunkingConfig) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.chunking = chunking
+
+    async def ingest(self, collection: str, tenant: str, documents: Iterable[Document]) -> IngestReport:
+        report = IngestReport()
+        await self.store.ensure_partition(collection, tenant)
+        for document in documents:
+            try:
+                outcome, chunks = await self.ingest_one(collection, tenant, document)
+            except Exception as exc:  # one bad document must not stop the others; it is reported
+                log.warning("ingesting %s failed: %s", document.id, exc)
+                report.failed.append({"id": document.id, "reason": f"{exc.__class__.__name__}: {exc}"})
+                continue
+            report.record(document.id, outcome, chunks)
+        return report
+
+    async def ingest_one(self, collection: str, tenant: str, document: Document) -> tuple[Outcome, int]:
+        previous = await self.store.manifest(collection, tenant, document.id)
+        if previous is not None and previous.content_hash == document.content_hash:
+            return "skipped", 0
+        # the model's limit counts its two special tokens; chunks are counted without them
+        max_tokens = min(self.chunking.max_tokens, self.embedder.max_tokens - 2)
+        chunks = chunk_text(
+            document.text,
+            self.embedder.count_tokens,
+            max_tokens=max_tokens,
+            overlap_tokens=min(self.chunking.overlap_tokens, max_tokens // 2 - 1),
+        )
+        vectors = await self.embedder.embed_documents([c.text for c in chunks])
+        meta = {
+            "doc_id": document.id,
+            "source": document.source,
+            "title": document.title,
+            "url": document.url,
+            "updated_at": document.updated_at,
+            "tenant": tenant,
+        }
+        payloads = [{**meta, "chunk": c.index, "text": c.text} for c in chunks]
+        manifest = {**meta, "content_hash": document.content_hash, "chunks": len(chunks), "ingested_at": time.time()}
+        await self.store.write_document(
+            collection, tenant, document.id, vectors, payloads, manifest, previous.chunks if previous else 0
+        )
+        return ("replaced" if previous is not None else "added"), len(chunks)
