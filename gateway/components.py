@@ -11,6 +11,7 @@ the old policies keep serving. Sections that shape connections and processes (``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -40,7 +41,7 @@ log = logging.getLogger("turnout")
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; closing ours sooner avoids reusing one
 # the server is about to drop.
 _KEEPALIVE_S = 4.0
-_RESTART_SECTIONS = ("server", "vllm", "embeddings")
+_RESTART_SECTIONS = ("server", "vllm", "embeddings", "base_model")
 
 
 class StartupError(Exception):
@@ -75,6 +76,7 @@ class Components:
         self.store = store
         self.ingestor = ingestor
         self.auth = Authenticator(config.auth)
+        self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
         self.reloads = 0
 
@@ -90,6 +92,10 @@ class Components:
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration file; on any problem raise :class:`ConfigRejected` and change nothing."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> dict[str, Any]:
         if self.config_path is None:
             raise ConfigRejected("this gateway was not started from a configuration file; nothing to reload")
         try:
@@ -109,10 +115,13 @@ class Components:
         else:
             kept["rag"] = new.rag.model_copy(update={"store": old.rag.store})
         new = new.model_copy(update=kept)
+        embedder = self.service.embedder
         try:
-            embedder = await _embedder_for(new, self.service.embedder)
+            embedder = await _embedder_for(new, embedder)
             table = await build_routing_table(new, embedder)
         except (ValueError, EmbedderError) as exc:
+            if embedder is not None and embedder is not self.service.embedder:
+                embedder.close()  # loaded for this reload only
             raise ConfigRejected(f"configuration not reloaded: {self.config_path}: {exc}") from exc
         self.adapters.update(new.adapters)
         rag = self.service.backends.get(TargetKind.RAG)

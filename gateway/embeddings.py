@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 
 Vector = list[float]
 
+# The model reads its first 256 tokens (about 1,500 characters of English); longer text only costs time
+# to tokenise and memory as a cache key.
+_MAX_EMBED_CHARS = 4096
+
+
+def _clip(text: str) -> str:
+    return text[:_MAX_EMBED_CHARS]
+
 
 class EmbedderError(Exception):
     """The embedding model cannot be loaded or used."""
@@ -73,23 +81,28 @@ class Embedder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def embed_many(self, texts: Sequence[str]) -> list[Vector]:
-        """Embed several texts in batches (blocking). Cached texts are not embedded again."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            for text, vector in zip(missing, self._encode(missing), strict=True):
-                self._cache[text] = vector
-        return [self._cache[t] for t in texts]
+        """Embed several texts in batches (blocking, no cache: for tools and benchmarks)."""
+        return self._encode([_clip(t) for t in texts])
 
     async def embed_query(self, text: str) -> Vector:
-        cached = self._cache.get(text)
-        if cached is not None:
-            return cached
-        vector = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, [text])
-        self._cache[text] = vector[0]
-        return vector[0]
+        return (await self.embed_texts([text]))[0]
 
     async def embed_texts(self, texts: Sequence[str]) -> list[Vector]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.embed_many, list(texts))
+        """Embed texts, each at most once: cached ones are not embedded again.
+
+        The cache is read and written only here, on the event loop's thread (the worker thread only
+        encodes), so it needs no lock; results come from this call's own vectors, so a cache smaller
+        than one batch cannot lose any."""
+        clipped = [_clip(t) for t in texts]
+        found: dict[str, Vector] = {t: v for t in clipped if (v := self._cache.get(t)) is not None}
+        missing = list(dict.fromkeys(t for t in clipped if t not in found))
+        if missing:
+            vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, missing)
+            for text, vector in zip(missing, vectors, strict=True):
+                found[text] = vector
+                if self.config.cache_size:
+                    self._cache[text] = vector
+        return [found[t] for t in clipped]
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         """Embed document chunks in batches, bypassing the query cache (they are embedded once)."""

@@ -110,7 +110,7 @@ class AdapterManager:
                 self._adapters[name] = _Adapter(name, spec)
                 continue
             if (current.spec.path, current.spec.served_path) != (spec.path, spec.served_path):
-                current.stale = current.resident
+                current.stale = current.resident or current.loading is not None
             current.spec = spec
             current.declared = True
         for name, adapter in self._adapters.items():
@@ -165,29 +165,32 @@ class AdapterManager:
             await asyncio.shield(adapter.loading)
 
     async def _sync(self) -> None:
-        status, body = await self.upstream.request("GET", "/v1/models")
-        if status != 200:
-            raise UpstreamError(f"vLLM answered {status} to /v1/models")
-        try:
-            listed = {m["id"] for m in orjson.loads(body).get("data", []) if isinstance(m, dict) and "id" in m}
-        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
-            raise UpstreamError("vLLM's /v1/models answer is not the expected JSON") from exc
-        for adapter in self._adapters.values():
-            if adapter.loading is None:
+        # Under the operations lock: no load or unload can finish between reading vLLM's list and
+        # applying it, so the answer is never older than what it overwrites.
+        async with self._ops:
+            status, body = await self.upstream.request("GET", "/v1/models")
+            if status != 200:
+                raise UpstreamError(f"vLLM answered {status} to /v1/models")
+            try:
+                listed = {m["id"] for m in orjson.loads(body).get("data", []) if isinstance(m, dict) and "id" in m}
+            except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                raise UpstreamError("vLLM's /v1/models answer is not the expected JSON") from exc
+            for adapter in self._adapters.values():
                 adapter.resident = adapter.name in listed
 
     async def _load(self, adapter: _Adapter) -> None:
         settings = self.settings
+        spec = adapter.spec  # the files checked are the files loaded, even if a reload moves them meanwhile
         # Checked before anything is sent: a bad adapter never reaches vLLM.
         await asyncio.to_thread(
-            validate_adapter, adapter.name, Path(adapter.spec.path), max_rank=settings.max_rank, base=settings.base
+            validate_adapter, adapter.name, Path(spec.path), max_rank=settings.max_rank, base=settings.base
         )
         async with self._ops:
             if adapter.resident and not adapter.stale:
                 return
             if not adapter.resident:
                 await self._make_room(adapter)
-            served_path = adapter.spec.served_path or str(adapter.spec.path)
+            served_path = spec.served_path or str(spec.path)
             payload: dict[str, Any] = {"lora_name": adapter.name, "lora_path": served_path}
             if adapter.stale:
                 payload["load_inplace"] = True
@@ -196,7 +199,8 @@ class AdapterManager:
             )
             if status == 200 or (status == 400 and b"already been loaded" in body):
                 adapter.resident = True
-                adapter.stale = False
+                # moved by a reload while loading: load the new files in place on next use
+                adapter.stale = (adapter.spec.path, adapter.spec.served_path) != (spec.path, spec.served_path)
                 adapter.loads += 1
                 log.info("adapter %s loaded on %s", adapter.name, self.upstream.url)
                 return

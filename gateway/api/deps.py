@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
 
 from gateway.auth import Identity
 from gateway.components import Components
 from gateway.dispatch.service import RequestContext
-from gateway.errors import RequestTooLarge
+from gateway.errors import InvalidRequest, RequestTooLarge
 
 
 def components(request: Request) -> Components:
@@ -39,11 +40,14 @@ async def request_body(request: Request, parts: Annotated[Components, Depends(co
         raise RequestTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest("the client closed the connection before sending the whole body") from None
     return b"".join(chunks)
 
 

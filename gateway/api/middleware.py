@@ -6,10 +6,15 @@ request through the caller's logs and ours; otherwise a new one is made.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import TurnoutError
+
+log = logging.getLogger("turnout.errors")
 
 _ACCEPTABLE = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
@@ -32,9 +37,25 @@ class RequestIdMiddleware:
             request_id = uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # A bug, never a deliberate error: log it with its traceback, answer the envelope (with the
+            # request id to quote) instead of a bare 500 page.
+            log.error("unexpected error on request %s", request_id.decode(), exc_info=exc)
+            if started:
+                raise
+            body = TurnoutError(f"internal error; quote request id {request_id.decode()} when reporting it").body()
+            await send_with_id(
+                {"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send_with_id({"type": "http.response.body", "body": body})

@@ -6,6 +6,7 @@ straight to the line to fix; values that came from the environment name the vari
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from gateway.config.model import AdapterConfig, BaseModelConfig, TurnoutConfig
+from gateway.config.model import PACKAGED_EMBEDDER, AdapterConfig, BaseModelConfig, TurnoutConfig
 
 ENV_PREFIX = "TURNOUT_"
 
@@ -32,16 +34,42 @@ def load_config(path: str | Path) -> TurnoutConfig:
     """Read, override from the environment, validate, and resolve relative paths against the file."""
     file = Path(path)
     data = _read_yaml(file)
+    odd = [repr(k) for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(file, [f"{file}: top-level keys must be section names, not {', '.join(odd)}"])
     try:
         config = TurnoutConfig(**data)
+    except SettingsError as exc:
+        raise ConfigError(file, [f"environment: {exc} (TURNOUT_* variables of sections take JSON)"]) from exc
     except ValidationError as exc:
         problems = [line for err in exc.errors() for line in _describe(file, err, os.environ)]
         raise ConfigError(file, problems) from exc
     config = _resolve_paths(config, file.resolve().parent)
-    base_dir = config.base_model.path
-    if base_dir is not None and not (base_dir / "config.json").is_file():
-        raise ConfigError(file, [f"{file}: base_model.path: {base_dir} has no config.json (is it a model directory?)"])
+    problems = _file_problems(config, file)
+    if problems:
+        raise ConfigError(file, problems)
     return config
+
+
+def _file_problems(config: TurnoutConfig, file: Path) -> list[str]:
+    """What the schema cannot see: files the configuration points at."""
+    problems = []
+    base_dir = config.base_model.path
+    if base_dir is not None:
+        try:
+            parsed = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+            if not isinstance(parsed, dict):
+                raise ValueError("not a JSON object")
+        except OSError:
+            problems.append(f"{file}: base_model.path: {base_dir} has no config.json (is it a model directory?)")
+        except ValueError as exc:
+            problems.append(f"{file}: base_model.path: {base_dir / 'config.json'} is not valid JSON ({exc})")
+    model = config.embeddings.model
+    if model != PACKAGED_EMBEDDER and not Path(model).is_dir():
+        problems.append(
+            f"{file}: embeddings.model: {model!r} is neither {PACKAGED_EMBEDDER!r} nor a local model directory"
+        )
+    return problems
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
@@ -105,4 +133,9 @@ def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
         base_model = BaseModelConfig.model_validate({**base_model.model_dump(), "path": resolve(base_model.path)})
     store = config.rag.store.model_copy(update={"path": resolve(config.rag.store.path)})
     rag = config.rag.model_copy(update={"store": store})
-    return config.model_copy(update={"adapters": adapters, "base_model": base_model, "rag": rag})
+    embeddings = config.embeddings
+    if embeddings.model != PACKAGED_EMBEDDER:
+        embeddings = embeddings.model_copy(update={"model": str(resolve(Path(embeddings.model)))})
+    return config.model_copy(
+        update={"adapters": adapters, "base_model": base_model, "rag": rag, "embeddings": embeddings}
+    )

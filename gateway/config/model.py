@@ -273,8 +273,11 @@ class TurnoutConfig(BaseSettings):
             if rule.split is not None:
                 targets += [(f"{at}.split.arms[{j}].target", arm.target) for j, arm in enumerate(rule.split.arms)]
             targets += [(f"{at}.fallbacks[{j}]", t) for j, t in enumerate(rule.fallbacks or [])]
-            for intent in sorted(intents_used(rule.when) - {ABSTAIN} - set(self.intents)):
+            used = intents_used(rule.when)
+            for intent in sorted(used - {ABSTAIN} - set(self.intents)):
                 found.append(f"{at}.when: intent {intent!r} is not defined under intents")
+            if ABSTAIN in used and not self.intents:
+                found.append(f"{at}.when: intent 'abstain' needs intents to abstain from; none are defined")
         for at, target in targets:
             adapters = [target.adapter] if target.adapter else []
             if target.rag is not None and target.rag.generator != "base":

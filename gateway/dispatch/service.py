@@ -43,10 +43,14 @@ class Routed:
     stream: bool
     features: RequestFeatures
     decision: Decision
+    table: RoutingTable  # the table this request was routed by (a reload may swap the service's own)
 
 
 class CompletionService:
-    """Serves completions by the current routing table (a reload swaps ``table`` in one assignment)."""
+    """Serves completions by the current routing table (a reload swaps ``table`` in one assignment).
+
+    Each request reads ``table`` once and keeps that table to the end, so a reload never changes the
+    rules under a request that is halfway through them."""
 
     def __init__(self, table: RoutingTable, backends: Mapping[TargetKind, Backend], embedder: Embedder | None) -> None:
         self.table = table
@@ -54,33 +58,34 @@ class CompletionService:
         self.embedder = embedder
 
     async def features(
-        self, endpoint: Endpoint, raw: bytes, ctx: RequestContext
+        self, endpoint: Endpoint, raw: bytes, ctx: RequestContext, table: RoutingTable
     ) -> tuple[dict[str, Any], bool, RequestFeatures]:
         data, request = parse_request(endpoint, raw)
         features = request_features(request, ctx.request_id, ctx.tenant, ctx.headers)
-        table = self.table
         if features.model not in table.models:
             raise ModelNotFound(
                 f"The model {request.model!r} does not exist here; GET /v1/models lists the names it serves",
                 param="model",
             )
         if table.needs_embedding(features.model):
-            # One embedding per request: semantic conditions (and, later, retrieval) share it.
+            # One embedding per request: semantic conditions and retrieval share it.
             assert self.embedder is not None, "a table that needs embeddings is built with an embedder"
             embedding = await self.embedder.embed_query(features.text)
             features = replace(features, embedding=embedding)
         return data, bool(request.stream), features
 
     async def route(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Routed:
-        data, stream, features = await self.features(endpoint, raw, ctx)
-        decision = decide(features, self.table)
+        table = self.table
+        data, stream, features = await self.features(endpoint, raw, ctx, table)
+        decision = decide(features, table)
         assert decision is not None  # the name was checked in features()
-        return Routed(data, stream, features, decision)
+        return Routed(data, stream, features, decision, table)
 
     async def explain(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> dict[str, Any]:
         """What ``complete`` would decide for this body, and why, without calling any backend."""
-        _, _, features = await self.features(endpoint, raw, ctx)
-        explained = explain(features, self.table)
+        table = self.table
+        _, _, features = await self.features(endpoint, raw, ctx, table)
+        explained = explain(features, table)
         assert explained is not None
         return explained
 
@@ -96,7 +101,7 @@ class CompletionService:
                 # Retrieval came back empty and the rule passes the request on: the rules after it decide.
                 log.info("request %s: rule %s passed the request on: %s", ctx.request_id, decision.rule, exc)
                 passed.append(decision.rule)
-                following = decide(routed.features, self.table, after=decision.rule)
+                following = decide(routed.features, routed.table, after=decision.rule)
                 assert following is not None
                 decision = following
 

@@ -61,9 +61,12 @@ def shape_body(raw: bytes, data: dict[str, Any], endpoint: Endpoint, target: Tar
     if target.system_prompt is not None:
         _add_system_prompt(body, endpoint, target.system_prompt)
     if caps.max_tokens is not None:
-        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        given = body.get(key)
-        body[key] = min(given, caps.max_tokens) if isinstance(given, int) else caps.max_tokens
+        # Both spellings are bounded when present (backends differ in which one they read); the default
+        # goes in the one every OpenAI-compatible server reads.
+        for key in ("max_tokens", "max_completion_tokens"):
+            given = body.get(key)
+            if key == "max_tokens" or key in body:
+                body[key] = min(given, caps.max_tokens) if isinstance(given, int) else caps.max_tokens
     for key, cap in (("temperature", caps.temperature), ("top_p", caps.top_p)):
         if cap is not None:
             given = body.get(key)

@@ -47,19 +47,21 @@ class PassThroughStream(Response):
                 group.start_soon(pump)
                 await _until_disconnect(receive)
                 group.cancel_scope.cancel()
-        except OSError:
-            pass  # the client went away mid-write; finally closes the upstream
+        except* OSError:
+            pass  # the client went away mid-write (anyio groups it); finally closes the upstream
         finally:
             self.opened.close()
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        tail = b"\n\n"
         try:
             chunks = self.opened.response.chunks()
             if self.transform is not None:
                 chunks = self.transform(chunks)
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tail = chunk[-2:] or tail
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are gone already, so the failure is told in-band, as an SSE error event the
             # openai client raises as an APIError, rather than as a silently truncated stream.
@@ -69,7 +71,10 @@ class PassThroughStream(Response):
                 if isinstance(exc, TimeoutError)
                 else (UpstreamError("the upstream broke off the stream"))
             )
-            await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": True})
+            # end the half-sent event first, so the error is an event of its own the client can parse
+            prefix = b"" if tail == b"\n\n" else b"\n\n"
+            event = prefix + b"data: " + error.body() + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

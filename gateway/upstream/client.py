@@ -126,7 +126,7 @@ class Upstream:
             except aiohttp.ServerDisconnectedError as exc:
                 if attempt == 2:
                     raise UpstreamUnavailable(f"{name} at {self.settings.url} closed the connection") from exc
-            except aiohttp.ClientConnectorError as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 raise UpstreamUnavailable(f"cannot connect to {name} at {self.settings.url}") from exc
             except TimeoutError as exc:
                 raise UpstreamTimeout(f"{name} at {self.settings.url} did not answer in time") from exc
@@ -144,6 +144,9 @@ class Upstream:
         message, param = error_message(raw)
         status = response.status
         name = self.settings.name
+        if status in (401, 403):
+            # vLLM refused the gateway's own credentials: not the client's fault, and another target may work
+            return UpstreamError(f"{name} refused the gateway's credentials ({status}); check vllm.api_key")
         if status == 404:
             return UpstreamModelMissing(f"{name} does not serve model {model!r}: {message}")
         if status == 408 or status == 504:

@@ -41,6 +41,13 @@ def test_minimal_file_gets_defaults_and_relative_paths_resolve(tmp_path: Path) -
         ("vllm:\n  model: [m\n", "invalid YAML"),
         ("- a\n- b\n", "the top level must be a mapping"),
         ("vllm:\n  model: m\nbase_model:\n  path: nowhere\n", "base_model.path:"),
+        ("vllm:\n  model: m\n1: x\n", "top-level keys must be section names, not 1"),
+        ("vllm:\n  model: m\nembeddings:\n  model: no-such-dir\n", "embeddings.model: "),
+        (
+            "vllm:\n  model: m\npolicies:\n  p: {default: base, rules: [{name: r, when: {intent: abstain}, "
+            "target: base}]}\n",
+            "policies.p.rules[0].when: intent 'abstain' needs intents",
+        ),
     ],
 )
 def test_problems_name_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:
@@ -75,6 +82,22 @@ def test_environment_overrides_the_file_and_is_named_in_errors(tmp_path: Path, m
         "environment variable TURNOUT_VLLM__URL: vllm.url: 'nonsense' is not an http(s) URL such as "
         "http://127.0.0.1:8000"
     ]
+
+
+def test_unparsable_base_model_config_and_environment_json_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{broken")
+    path = _write(tmp_path, "vllm:\n  model: m\nbase_model:\n  path: model\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "base_model.path:" in caught.value.problems[0]
+    assert "is not valid JSON" in caught.value.problems[0]
+    monkeypatch.setenv("TURNOUT_ADAPTERS", "{not json")
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, "vllm:\n  model: m\n"))
+    assert caught.value.problems[0].startswith("environment: ")
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -76,3 +76,12 @@ def test_features_identify_the_conversation_by_its_first_message() -> None:
     assert f2.message_count == 3
     explicit = request_features(parse_request("chat", turn1)[1], "r3", None, {"x-turnout-conversation": "c-9"})
     assert explicit.conversation == "c-9"
+
+
+def test_both_max_tokens_spellings_are_capped() -> None:
+    raw = orjson.dumps({"model": "bot", "prompt": "hi", "max_completion_tokens": 1, "max_tokens": 100000})
+    data, _ = parse_request("completions", raw)
+    target = Target(TargetKind.BASE, "served", None, None, Caps(max_tokens=64))
+    body = orjson.loads(shape_body(raw, data, "completions", target, "served"))
+    assert body["max_tokens"] == 64
+    assert body["max_completion_tokens"] == 1
