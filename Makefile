@@ -46,6 +46,7 @@ test: install assets lint typecheck
 
 bench: install assets
 	$(BIN)/python bench/decide.py
+	$(BIN)/python bench/rag.py
 	$(BIN)/python bench/adapter_load.py
 
 clean:

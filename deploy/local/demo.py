@@ -56,6 +56,13 @@ reply = client.chat.completions.create(
 print(reply.choices[0].message.content)"""
 
 
+RAG_EXAMPLE = """\
+curl -s http://127.0.0.1:8080/v1/chat/completions \\
+  -H 'Content-Type: application/json' \\
+  -d '{"model": "support-bot", "messages": [{"role": "user", "content": "How long is the warranty on a kettle?"}], \\
+       "max_tokens": 32}' | python3 -m json.tool"""
+
+
 class _Stop(Exception):
     """Raised from the signal handlers to leave the wait loop."""
 
@@ -111,11 +118,32 @@ def main() -> int:
         )
         _say(f"gateway ready after {waited:.0f} s")
 
+        _say("ingesting the sample handbook (examples/corpus) into the 'handbook' collection")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "rag",
+                "ingest",
+                "handbook",
+                "examples/corpus",
+                "--config",
+                GATEWAY_CONFIG,
+                "--gateway",
+                GATEWAY_URL,
+            ],
+            cwd=REPO_ROOT,
+            check=True,
+        )
+
         print(
             "\nTurnout is running. Try it:\n\n"
             f"{CURL_EXAMPLE}\n\n"
             "or with the openai client:\n\n"
             f"{PYTHON_EXAMPLE}\n\n"
+            "A question the policy sends to retrieval, answered with citations to the handbook:\n\n"
+            f"{RAG_EXAMPLE}\n\n"
             f"Logs: {LOG_DIR}. Ctrl-C stops both servers.\n",
             flush=True,
         )
