@@ -53,12 +53,14 @@ class Call:
 class Opened:
     """An answer with status 2xx, not read yet, and what to release when done with it.
 
-    ``citations`` (RAG) are added to the answer by the service; ``headers`` go on the response."""
+    ``citations`` (RAG) are added to the answer by the service; ``headers`` go on the response;
+    ``finish`` rewrites a non-streaming body before it is sent."""
 
     response: Answer
     on_close: Callable[[], None] | None = None
     citations: list[dict[str, Any]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    finish: Callable[[bytes], bytes] | None = None
 
     def close(self) -> None:
         self.response.close()
@@ -83,23 +85,24 @@ class VllmBackend:
         self.adapters = adapters
 
     async def open(self, target: Target, call: Call) -> Opened:
-        return await self.open_body(
-            target, call.path, shape_body(call.raw, call.data, call.endpoint, target, target.name)
-        )
+        body = shape_body(call.raw, call.data, call.endpoint, target, target.name)
+        return await self.open_body(target, call, body)
 
-    async def open_body(self, target: Target, path: str, body: bytes) -> Opened:
+    async def open_body(self, target: Target, call: Call, body: bytes) -> Opened:
+        """Send ``body`` (already shaped for ``target``) for ``call``."""
+        path, request_id = call.path, call.features.request_id or None
         if target.kind is not TargetKind.ADAPTER:
-            return Opened(await self.upstream.open(path, body, model=target.name))
+            return Opened(await self.upstream.open(path, body, model=target.name, request_id=request_id))
         lease = await self.adapters.acquire(target.name)
         try:
             try:
-                response = await self.upstream.open(path, body, model=target.name)
+                response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
             except UpstreamModelMissing:
                 # vLLM forgot the adapter (it restarted): load it again and send the request once more.
                 lease.release()
                 await self.adapters.heal(target.name)
                 lease = await self.adapters.acquire(target.name)
-                response = await self.upstream.open(path, body, model=target.name)
+                response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
         except BaseException:
             lease.release()
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -20,7 +21,7 @@ from gateway.api.protocol import Endpoint, parse_request
 from gateway.dispatch.answers import stream_with_citations, with_citations
 from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
 from gateway.dispatch.shaping import request_features
-from gateway.dispatch.streaming import PassThroughStream
+from gateway.dispatch.streaming import BufferedAnswer, PassThroughStream
 from gateway.embeddings import Embedder
 from gateway.errors import ModelNotFound, RetrievalUnavailable, TurnoutError
 from routing import Decision, RequestFeatures, RoutingTable, TargetKind, decide, explain
@@ -92,11 +93,27 @@ class CompletionService:
     async def complete(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Response:
         routed = await self.route(endpoint, raw, ctx)
         call = Call(endpoint, raw, routed.data, routed.features)
+        if not routed.stream:
+            # A non-streaming answer arrives only when generation is done: it is opened inside the
+            # response, which watches the client meanwhile and stops the upstream if the client leaves.
+            return BufferedAnswer(partial(self.open, call, routed, ctx))
+        opened, headers = await self.open(call, routed, ctx)
+        transform = None
+        citations = opened.citations
+        if citations is not None:
+
+            def transform(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+                return stream_with_citations(chunks, endpoint, citations)
+
+        return PassThroughStream(opened, headers, transform)
+
+    async def open(self, call: Call, routed: Routed, ctx: RequestContext) -> tuple[Opened, dict[str, str]]:
+        """Open the answer for the decision, following rules that pass the request on."""
         decision = routed.decision
         passed: list[str] = []
         while True:
             try:
-                return await self._serve(call, routed.stream, decision, passed, ctx)
+                return await self._open_chain(call, decision, passed, ctx)
             except PassToNextRule as exc:
                 # Retrieval came back empty and the rule passes the request on: the rules after it decide.
                 log.info("request %s: rule %s passed the request on: %s", ctx.request_id, decision.rule, exc)
@@ -105,9 +122,9 @@ class CompletionService:
                 assert following is not None
                 decision = following
 
-    async def _serve(
-        self, call: Call, stream: bool, decision: Decision, passed: list[str], ctx: RequestContext
-    ) -> Response:
+    async def _open_chain(
+        self, call: Call, decision: Decision, passed: list[str], ctx: RequestContext
+    ) -> tuple[Opened, dict[str, str]]:
         chain = decision.chain
         failed: list[str] = []
         for position, target in enumerate(chain):
@@ -136,36 +153,17 @@ class CompletionService:
                         exc.code,
                         chain[position + 1].label,
                     )
-                    failed.append(target.label)
-                    if isinstance(exc, RetrievalUnavailable):
-                        failed[-1] += "(retrieval)"
+                    failed.append(target.label + ("(retrieval)" if isinstance(exc, RetrievalUnavailable) else ""))
                     continue
                 exc.headers.update(headers)
                 raise
             headers.update(opened.headers)
             if any(label.endswith("(retrieval)") for label in failed):
                 headers["x-turnout-degraded"] = "retrieval"
-            return await _respond(opened, call.endpoint, stream, headers)
+            if opened.citations is not None and not call.data.get("stream"):
+                opened.finish = partial(with_citations, endpoint=call.endpoint, citations=opened.citations)
+            return opened, headers
         raise AssertionError("a decision always has at least one target")  # pragma: no cover
-
-
-async def _respond(opened: Opened, endpoint: Endpoint, stream: bool, headers: dict[str, str]) -> Response:
-    citations = opened.citations
-    if stream:
-        transform = None
-        if citations is not None:
-
-            def transform(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-                return stream_with_citations(chunks, endpoint, citations)
-
-        return PassThroughStream(opened, headers, transform)
-    try:
-        content = await opened.response.read()
-    finally:
-        opened.close()
-    if citations is not None:
-        content = with_citations(content, endpoint, citations)
-    return Response(content, opened.response.status, headers, opened.response.content_type)
 
 
 __all__ = ["CompletionService", "RequestContext", "Routed"]

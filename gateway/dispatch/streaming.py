@@ -9,7 +9,7 @@ needs and the adapter lease is released exactly once.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 import anyio
@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.dispatch.backend import Opened
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import TurnoutError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("turnout.stream")
 
@@ -76,6 +76,56 @@ class PassThroughStream(Response):
             event = prefix + b"data: " + error.body() + b"\n\n"
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class BufferedAnswer(Response):
+    """A non-streaming answer: opened, read whole and sent, all while watching for the client to leave.
+
+    A non-streaming generation can run for many seconds before the first byte. If the client gives up
+    meanwhile, the upstream request is closed at once (vLLM aborts it) and the adapter lease released,
+    instead of generating for no one. Errors before the answer is sent become the OpenAI envelope here,
+    since the route has already returned this response.
+    """
+
+    def __init__(self, open_answer: Callable[[], Awaitable[tuple[Opened, dict[str, str]]]]) -> None:
+        self.open_answer = open_answer
+        self.status_code = 200
+        self.background = None
+        self.init_headers()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        opened: Opened | None = None
+
+        async def deliver() -> None:
+            nonlocal opened
+            try:
+                opened, headers = await self.open_answer()
+                body = await opened.response.read()
+                if opened.finish is not None:
+                    body = opened.finish(body)
+                status, content_type = opened.response.status, opened.response.content_type
+            except TurnoutError as exc:
+                status, content_type, body, headers = exc.status, "application/json", exc.body(), exc.headers
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            raw += [(b"content-type", content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def run() -> None:
+                    await deliver()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(run)
+                await _until_disconnect(receive)
+                group.cancel_scope.cancel()
+        except* OSError:
+            pass  # the client went away while the answer was being sent
+        finally:
+            if opened is not None:
+                opened.close()
 
 
 async def _until_disconnect(receive: Receive) -> None:

@@ -56,7 +56,7 @@ class RagBackend:
             prompt = f"{prompt}\n\n{context}" if prompt else context
         shaped = replace(target.generator, system_prompt=prompt, caps=target.caps)
         body = shape_body(call.raw, call.data, call.endpoint, shaped, target.generator.name)
-        opened = await self.generator.open_body(target.generator, call.path, body)
+        opened = await self.generator.open_body(target.generator, call, body)
         opened.citations = [hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)]
         opened.headers.update(headers)
         return opened

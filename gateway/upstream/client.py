@@ -8,6 +8,7 @@ The session is created in the app's lifespan and closed on shutdown.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,9 +89,16 @@ class Upstream:
     def url(self) -> str:
         return self.settings.url
 
-    async def open(self, path: str, body: bytes, *, model: str) -> UpstreamResponse:
-        """POST ``body`` to ``path``; return the open response on 2xx, raise the mapped error otherwise."""
-        response = await self._send("POST", path, body, self._timeout)
+    async def open(self, path: str, body: bytes, *, model: str, request_id: str | None = None) -> UpstreamResponse:
+        """POST ``body`` to ``path``; return the open response on 2xx, raise the mapped error otherwise.
+
+        ``request_id`` travels as ``x-request-id`` with a unique suffix, so the upstream's logs name the
+        same request while a client that reuses its ids never makes two upstream requests share one."""
+        if request_id is None:
+            headers = self._headers
+        else:
+            headers = {**self._headers, "x-request-id": f"{request_id}-{uuid.uuid4().hex[:8]}"}
+        response = await self._send("POST", path, body, self._timeout, headers)
         if response.status < 300:
             return UpstreamResponse(response)
         raise await self._error_from(response, model)
@@ -103,7 +111,7 @@ class Upstream:
         timeout = self._timeout
         if timeout_s is not None:
             timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self.settings.connect_timeout_s)
-        response = await self._send(method, path, body, timeout)
+        response = await self._send(method, path, body, timeout, self._headers)
         try:
             return response.status, await response.read()
         except TimeoutError as exc:
@@ -114,7 +122,7 @@ class Upstream:
             response.release()
 
     async def _send(
-        self, method: str, path: str, body: bytes | None, limits: aiohttp.ClientTimeout
+        self, method: str, path: str, body: bytes | None, limits: aiohttp.ClientTimeout, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         url = self.settings.url + path
         name = self.settings.name
@@ -122,7 +130,7 @@ class Upstream:
         # reached the server on the failed attempt, so sending again cannot duplicate work.
         for attempt in (1, 2):
             try:
-                return await self._session.request(method, url, data=body, headers=self._headers, timeout=limits)
+                return await self._session.request(method, url, data=body, headers=headers, timeout=limits)
             except aiohttp.ServerDisconnectedError as exc:
                 if attempt == 2:
                     raise UpstreamUnavailable(f"{name} at {self.settings.url} closed the connection") from exc

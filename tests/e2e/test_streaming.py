@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.gateway import GatewayProcess
 from tests.support.stack import ADAPTERS, BASE
@@ -64,3 +65,21 @@ def test_client_disconnect_mid_stream_aborts_the_generation(vllm: Any, gateway: 
             polls -= 1
             assert polls > 0, f"{model}: vLLM never aborted {request_id}:\n{vllm.log_tail()}"
             httpx.get(vllm.url + "/health", timeout=5)  # paces the polling on a real round trip
+
+
+def test_client_leaving_a_non_streaming_request_aborts_the_generation(vllm: Any, gateway: GatewayProcess) -> None:
+    request_id = "leaves-early-1"
+    body = {**LONG, "model": BASE, "stream": False}
+    with pytest.raises(httpx.ReadTimeout):
+        # the 480-token answer takes seconds on the CPU; the client gives up long before
+        httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json=body,
+            headers={"x-request-id": request_id},
+            timeout=httpx.Timeout(60, read=0.5),
+        )
+    polls = 2000
+    while not _aborted_in_log(vllm, f"chatcmpl-{request_id}-"):
+        polls -= 1
+        assert polls > 0, f"vLLM never aborted {request_id}:\n{vllm.log_tail()}"
+        httpx.get(vllm.url + "/health", timeout=5)  # paces the polling on a real round trip
