@@ -25,6 +25,7 @@ from gateway.adapters.validation import BaseModelFacts
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, TurnoutConfig, load_config
 from gateway.dispatch.backend import Backend, VllmBackend
+from gateway.dispatch.openai_backend import OpenAIBackend
 from gateway.dispatch.service import CompletionService
 from gateway.embeddings import Embedder, EmbedderError
 from gateway.errors import ConfigRejected, TurnoutError
@@ -41,7 +42,7 @@ log = logging.getLogger("turnout")
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; closing ours sooner avoids reusing one
 # the server is about to drop.
 _KEEPALIVE_S = 4.0
-_RESTART_SECTIONS = ("server", "vllm", "embeddings", "base_model")
+_RESTART_SECTIONS = ("server", "vllm", "embeddings", "base_model", "openai")
 
 
 class StartupError(Exception):
@@ -190,7 +191,11 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
         raise StartupError(str(exc)) from exc
     table = await build_routing_table(config, embedder)
     vllm_backend = VllmBackend(upstream, adapters)
-    backends: dict[TargetKind, Backend] = {TargetKind.BASE: vllm_backend, TargetKind.ADAPTER: vllm_backend}
+    backends: dict[TargetKind, Backend] = {
+        TargetKind.BASE: vllm_backend,
+        TargetKind.ADAPTER: vllm_backend,
+        TargetKind.OPENAI: OpenAIBackend(config.openai),  # imports litellm on first use only
+    }
     store = ingestor = None
     if config.rag.collections:
         from gateway.rag.backend import RagBackend

@@ -208,6 +208,15 @@ class RagConfig(Section):
     )
 
 
+class OpenAIConfig(Section):
+    api_base: HttpUrl = Field("https://api.openai.com/v1", description="OpenAI's API, or any compatible server.")
+    api_key: SecretStr | None = Field(None, description="API key; better TURNOUT_OPENAI__API_KEY or api_key_file.")
+    api_key_file: Path | None = Field(
+        None, description="A file holding the key (a mounted secret); read on each request, so rotation works."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Seconds an OpenAI request may take.")
+
+
 class TurnoutConfig(BaseSettings):
     """The whole configuration file."""
 
@@ -224,6 +233,9 @@ class TurnoutConfig(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
+    openai: OpenAIConfig = Field(
+        default_factory=OpenAIConfig, description="Where openai: targets go (without a key: OPENAI_API_KEY)."
+    )
     intents: dict[ModelName, IntentSpec] = Field(
         default_factory=dict, description="Semantic intents: example utterances and a similarity threshold."
     )
@@ -285,8 +297,6 @@ class TurnoutConfig(BaseSettings):
             found += [f"{at}: adapter {a!r} is not declared under adapters" for a in adapters if a not in self.adapters]
             if target.rag is not None and target.rag.collection not in self.rag.collections:
                 found.append(f"{at}: collection {target.rag.collection!r} is not declared under rag.collections")
-            if target.openai is not None:
-                found.append(f"{at}: openai targets are not available in this version")
         return found
 
     @property

@@ -54,9 +54,14 @@ def request_features(
 
 def shape_body(raw: bytes, data: dict[str, Any], endpoint: Endpoint, target: Target, upstream_model: str) -> bytes:
     """The body to send for ``target``: the client's bytes when nothing changes, else a rewritten copy."""
-    caps = target.caps
-    if data.get("model") == upstream_model and target.system_prompt is None and not caps:
+    if data.get("model") == upstream_model and target.system_prompt is None and not target.caps:
         return raw
+    return orjson.dumps(shape_data(data, endpoint, target, upstream_model))
+
+
+def shape_data(data: dict[str, Any], endpoint: Endpoint, target: Target, upstream_model: str) -> dict[str, Any]:
+    """A copy of the request body shaped for ``target`` (the client's own dict is never changed)."""
+    caps = target.caps
     body = {**data, "model": upstream_model}
     if target.system_prompt is not None:
         _add_system_prompt(body, endpoint, target.system_prompt)
@@ -72,7 +77,7 @@ def shape_body(raw: bytes, data: dict[str, Any], endpoint: Endpoint, target: Tar
             given = body.get(key)
             # absent means the backend's default of 1.0, which the cap also bounds
             body[key] = min(given if isinstance(given, int | float) else 1.0, cap)
-    return orjson.dumps(body)
+    return body
 
 
 def _add_system_prompt(body: dict[str, Any], endpoint: Endpoint, prompt: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.gateway import GatewayProcess
 from tests.support.recorder import RecordingProxy
-from tests.support.stack import BASE, MAX_LORA_RANK, gateway_config
+from tests.support.stack import BASE, FINE_TUNE, MAX_LORA_RANK, gateway_config
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +35,7 @@ def vllm(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[loc
         log_path=tmp_path_factory.mktemp("vllm") / "vllm.log",
         max_lora_rank=MAX_LORA_RANK,
         max_loras=2,
+        extra_served_names=[FINE_TUNE],  # the same model, as an OpenAI fine-tune for the litellm route
         extra_args=["--enable-log-requests"],  # logs "Aborted request(s) ID": how tests see a cancelled stream
     )
     server.start()

@@ -8,6 +8,7 @@ from typing import Any
 BASE = "tiny-llama"
 ADAPTERS = ("formal", "terse", "pirate")
 MAX_LORA_RANK = 8
+FINE_TUNE = "ft:gpt-4o-mini-2024-07-18:acme::abc123"
 
 
 def gateway_config(vllm_url: str, assets: Path, *, adapters: tuple[str, ...] = ADAPTERS, **vllm: Any) -> dict[str, Any]:

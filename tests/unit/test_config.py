@@ -150,7 +150,7 @@ intents:
         ),
         ("p: {default: base, fallbacks: [rag:docs+adapter:q]}", "policies.p.fallbacks[0]: adapter 'q' is not declared"),
         ("a: {default: base}", "policies.a: the name is also a model or adapter name"),
-        ("p: {default: openai:ft:gpt-4o-mini:x}", "policies.p.default: openai targets are not available"),
+        ("p: {default: rag:nowhere}", "policies.p.default: collection 'nowhere' is not declared under rag.collections"),
         ("p: {default: 'gpu:1'}", "policies.p.default: 'gpu:1': unknown target kind 'gpu'"),
     ],
 )

@@ -1,0 +1,137 @@
+"""The OpenAI target: hosted fine-tunes (``ft:gpt-4o-mini-...``) and plain OpenAI models, through litellm.
+
+litellm is imported on first use only (it takes seconds to import), with its price map read from the
+copy it ships (never fetched at run time). Unlike the vLLM path, the answer is re-serialised from
+litellm's objects, so a stream is re-framed as OpenAI SSE events; the first chunk is awaited before
+the answer is handed back, so a failure before the first byte can still fall back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gateway.config.model import OpenAIConfig
+from gateway.dispatch.answers import StaticAnswer
+from gateway.dispatch.backend import Call, Opened
+from gateway.dispatch.shaping import shape_data
+from gateway.errors import (
+    TurnoutError,
+    UpstreamError,
+    UpstreamModelMissing,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from routing import Target
+
+_NOT_FORWARDED = {"model", "messages", "prompt", "stream", "metadata", "user"}
+
+
+class LiteLLMStream:
+    """A litellm stream as OpenAI SSE bytes (first chunk already received)."""
+
+    def __init__(self, first: Any, rest: AsyncIterator[Any]) -> None:
+        self._first = first
+        self._rest = rest
+        self.status = 200
+        self.content_type = "text/event-stream"
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield _event(self._first)
+        async for chunk in self._rest:
+            yield _event(chunk)
+        yield b"data: [DONE]\n\n"
+
+    def close(self) -> None:
+        # Nothing to do here: when the client leaves, iteration stops and litellm's stream object,
+        # no longer referenced, releases its connection.
+        return None
+
+
+def _event(chunk: Any) -> bytes:
+    return b"data: " + str(chunk.model_dump_json(exclude_none=True)).encode() + b"\n\n"
+
+
+class OpenAIBackend:
+    def __init__(self, config: OpenAIConfig) -> None:
+        self.config = config
+        self._lib: Any = None
+
+    def _litellm(self) -> Any:
+        if self._lib is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at run time
+            os.environ.setdefault("LITELLM_LOG", "ERROR")
+            import litellm
+
+            litellm.suppress_debug_info = True
+            litellm.telemetry = False
+            self._lib = litellm
+        return self._lib
+
+    def api_key(self) -> str:
+        config = self.config
+        if config.api_key is not None:
+            return config.api_key.get_secret_value()
+        if config.api_key_file is not None:
+            try:
+                return Path(config.api_key_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise UpstreamError(f"cannot read openai.api_key_file {config.api_key_file}: {exc}") from exc
+        return os.environ.get("OPENAI_API_KEY", "")
+
+    async def open(self, target: Target, call: Call) -> Opened:
+        litellm = self._litellm()
+        data = shape_data(call.data, call.endpoint, target, target.name)
+        stream = bool(data.get("stream"))
+        params = {k: v for k, v in data.items() if k not in _NOT_FORWARDED}
+        if stream:
+            params["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+        common = {
+            "model": target.name,
+            "custom_llm_provider": "openai",
+            "api_base": self.config.api_base,
+            "api_key": self.api_key() or "none",
+            "timeout": self.config.timeout_s,
+            "num_retries": 0,
+            "stream": stream,
+            **params,
+        }
+        try:
+            if call.endpoint == "chat":
+                response = await litellm.acompletion(messages=data["messages"], **common)
+            else:
+                response = await litellm.atext_completion(prompt=data["prompt"], **common)
+            if not stream:
+                return Opened(StaticAnswer(response.model_dump_json(exclude_none=True).encode(), "application/json"))
+            iterator = aiter(response)
+            first = await anext(iterator)
+        except TurnoutError:
+            raise
+        except Exception as exc:  # litellm raises its own tree; map it by kind
+            raise _mapped(exc, target.name) from exc
+        return Opened(LiteLLMStream(first, iterator))
+
+
+def _mapped(exc: Exception, model: str) -> TurnoutError:
+    from litellm import exceptions as e
+
+    message = str(getattr(exc, "message", exc))[:500]
+    if isinstance(exc, e.Timeout):
+        return UpstreamTimeout(f"OpenAI did not answer in time: {message}")
+    # litellm reports a refused connection as an InternalServerError saying "Connection error."
+    unreachable = isinstance(exc, e.InternalServerError) and "Connection error" in message
+    if unreachable or isinstance(exc, e.APIConnectionError | e.ServiceUnavailableError | e.RateLimitError):
+        return UpstreamUnavailable(f"OpenAI is unreachable or overloaded: {message}")
+    if isinstance(exc, e.NotFoundError):
+        return UpstreamModelMissing(f"OpenAI does not serve model {model!r}: {message}")
+    if isinstance(exc, e.AuthenticationError | e.PermissionDeniedError):
+        return UpstreamError(f"OpenAI refused the gateway's key: {message}")
+    if isinstance(exc, e.BadRequestError | e.UnprocessableEntityError):
+        return UpstreamRejected(message, status=int(getattr(exc, "status_code", 400) or 400))
+    return UpstreamError(f"OpenAI request failed: {exc.__class__.__name__}: {message}")
