@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from gateway.api import admin, completions, health, models, rag, route
+from gateway.api import admin, completions, health, metrics, models, rag, route
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestIdMiddleware
 from gateway.components import Components, build_components
@@ -37,7 +37,7 @@ def create_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAP
         docs_url=None,
         redoc_url=None,
     )
-    for module in (completions, route, models, rag, health, admin):
+    for module in (completions, route, models, rag, health, metrics, admin):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)

@@ -29,6 +29,7 @@ from gateway.dispatch.openai_backend import OpenAIBackend
 from gateway.dispatch.service import CompletionService
 from gateway.embeddings import Embedder, EmbedderError
 from gateway.errors import ConfigRejected, TurnoutError
+from gateway.metrics import Metrics
 from gateway.routing_state import build_routing_table, policies_use_intents
 from gateway.upstream.client import Upstream, UpstreamSettings
 from routing import RoutingTable, TargetKind
@@ -68,6 +69,7 @@ class Components:
         service: CompletionService,
         store: VectorStore | None,
         ingestor: Ingestor | None,
+        metrics: Metrics,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -76,6 +78,7 @@ class Components:
         self.service = service
         self.store = store
         self.ingestor = ingestor
+        self.metrics = metrics
         self.auth = Authenticator(config.auth)
         self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
@@ -156,6 +159,7 @@ async def _embedder_for(config: TurnoutConfig, current: Embedder | None) -> Embe
 
 async def build_components(config: TurnoutConfig, config_path: Path | None, stack: AsyncExitStack) -> Components:
     vllm = config.vllm
+    metrics = Metrics()
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
     session = await stack.enter_async_context(
         aiohttp.ClientSession(connector=connector, auto_decompress=False, raise_for_status=False)
@@ -208,8 +212,8 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
         except StoreError as exc:
             raise StartupError(str(exc)) from exc
         ingestor = Ingestor(store, embedder, config.rag.chunking)
-        backends[TargetKind.RAG] = RagBackend(store, embedder, config.rag.collections, vllm_backend)
+        backends[TargetKind.RAG] = RagBackend(store, embedder, config.rag.collections, vllm_backend, metrics)
     service = CompletionService(table, backends, embedder)
-    components = Components(config, config_path, upstream, adapters, service, store, ingestor)
+    components = Components(config, config_path, upstream, adapters, service, store, ingestor, metrics)
     stack.push_async_callback(components.aclose)
     return components

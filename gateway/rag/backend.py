@@ -7,6 +7,7 @@ answer without context, pass the request to the next rule, or refuse in a writte
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from gateway.dispatch.backend import Call, Opened, PassToNextRule, VllmBackend
 from gateway.dispatch.shaping import shape_body
 from gateway.embeddings import Embedder
 from gateway.errors import RetrievalUnavailable, TurnoutError
+from gateway.metrics import Metrics
 from gateway.rag.retrieval import Hit, render_context, retrieve
 from gateway.rag.store import VectorStore
 from routing import RagOptions, Target
@@ -28,11 +30,13 @@ class RagBackend:
         embedder: Embedder,
         collections: Mapping[str, CollectionConfig],
         generator: VllmBackend,
+        metrics: Metrics,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.collections = collections
         self.generator = generator
+        self.metrics = metrics
 
     async def open(self, target: Target, call: Call) -> Opened:
         collection = self.collections[target.name]
@@ -40,7 +44,15 @@ class RagBackend:
         top_k = options.top_k or collection.top_k
         threshold = options.score_threshold if options.score_threshold is not None else collection.score_threshold
         on_empty = options.on_empty or collection.on_empty
-        hits = await self._retrieve(target.name, call, top_k, threshold)
+        started = time.perf_counter()
+        try:
+            hits = await self._retrieve(target.name, call, top_k, threshold)
+        except RetrievalUnavailable:
+            self.metrics.retrieval_degraded.labels(target.name).inc()
+            raise
+        self.metrics.retrieval_seconds.labels(target.name).observe(time.perf_counter() - started)
+        if not hits:
+            self.metrics.retrieval_empty.labels(target.name).inc()
         headers = {"x-turnout-citations": str(len(hits)), "x-turnout-retrieval": "hits" if hits else "empty"}
         if not hits and on_empty == "next_rule":
             raise PassToNextRule(f"no chunk of {target.name!r} scored {threshold:g} or more")

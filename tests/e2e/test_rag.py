@@ -201,7 +201,17 @@ def test_the_owner_retrieves_its_chunks_and_others_cannot_touch_them(corpus: Gat
     assert unauthenticated.json()["error"]["code"] == "invalid_api_key"
 
 
+def _metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    """A sample's value on the gateway's own /metrics (0 when the series does not exist yet)."""
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in httpx.get(gateway.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(f"{name}{{{selector}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_gating_next_rule_refuse_and_answer(corpus: GatewayProcess) -> None:
+    empty_before = _metric(corpus, "turnout_retrieval_empty_total", collection="kb")
     headers, response = _ask(corpus, "a", QUESTION_HARBOUR, route="next")
     assert headers["x-turnout-rule"] == "after-gate"
     assert headers["x-turnout-passed-rules"] == "gated-next"
@@ -217,6 +227,7 @@ def test_gating_next_rule_refuse_and_answer(corpus: GatewayProcess) -> None:
     assert headers["x-turnout-route"] == f"rag:kb+base:{BASE}"
     assert _citations(response) == []
     assert response.choices[0].message.content
+    assert _metric(corpus, "turnout_retrieval_empty_total", collection="kb") == empty_before + 3
 
 
 def test_streaming_citations_arrive_before_done(corpus: GatewayProcess) -> None:
@@ -284,6 +295,7 @@ def test_store_failure_falls_back_or_answers_503(vllm: Any, assets: Path, tmp_pa
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["code"] == "retrieval_unavailable"
     assert caught.value.response.headers["x-turnout-degraded"] == "retrieval"
+    assert _metric(gateway, "turnout_retrieval_degraded_total", collection="kb") == 2
 
 
 def _turnout(*args: str) -> subprocess.CompletedProcess[str]:
