@@ -30,6 +30,7 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The YAML con
 GatewayOption = Annotated[
     str | None, typer.Option(help="The running gateway's URL (default: server.host and server.port).")
 ]
+CollectionArg = Annotated[str, typer.Argument(help="A collection declared under rag.collections.")]
 TenantOption = Annotated[str | None, typer.Option(help="The tenant's partition (default: shared documents).")]
 _BATCH_BYTES = 1024 * 1024
 
@@ -109,7 +110,7 @@ def _batches(documents: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 @app.command("ingest")
 def ingest(
-    collection: Annotated[str, typer.Argument(help="A collection declared under rag.collections.")],
+    collection: CollectionArg,
     paths: Annotated[list[Path], typer.Argument(help="Files or directories: .md .txt .html .pdf .jsonl")],
     config: ConfigOption,
     tenant: TenantOption = None,
@@ -240,7 +241,7 @@ async def _ingest_offline(
 
 @app.command("list")
 def list_documents(
-    collection: Annotated[str, typer.Argument(help="A collection declared under rag.collections.")],
+    collection: CollectionArg,
     config: ConfigOption,
     tenant: TenantOption = None,
     gateway: GatewayOption = None,
@@ -269,7 +270,7 @@ async def _list_offline(settings: TurnoutConfig, collection: str, tenant: str) -
 
 @app.command("delete")
 def delete(
-    collection: Annotated[str, typer.Argument(help="A collection declared under rag.collections.")],
+    collection: CollectionArg,
     config: ConfigOption,
     document: Annotated[str | None, typer.Argument(help="A document id; without it, the whole partition.")] = None,
     tenant: TenantOption = None,

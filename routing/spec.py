@@ -94,8 +94,9 @@ class TargetSpec(_Spec):
         return self
 
 
-class HeaderSpec(_Spec):
-    name: str = Field(description="Header name (case-insensitive).")
+class _ValueTestSpec(_Spec):
+    """A test of one value: equal to, matching a regex (search), or present at all."""
+
     equals: str | None = None
     regex: str | None = None
     present: bool | None = None
@@ -104,23 +105,19 @@ class HeaderSpec(_Spec):
     @classmethod
     def _regex_ok(cls, value: str | None) -> str | None:
         return _regex(value)
+
+
+class HeaderSpec(_ValueTestSpec):
+    name: str = Field(description="Header name (case-insensitive).")
 
     @model_validator(mode="after")
     def _one_test(self) -> Self:
         return _one_of(self, ("equals", "regex", "present"), f"header {self.name!r}")
 
 
-class MetadataSpec(_Spec):
+class MetadataSpec(_ValueTestSpec):
     key: str = Field(description="Key in the request's metadata object.")
-    equals: str | None = None
-    regex: str | None = None
     in_: list[str] | None = Field(None, alias="in")
-    present: bool | None = None
-
-    @field_validator("regex")
-    @classmethod
-    def _regex_ok(cls, value: str | None) -> str | None:
-        return _regex(value)
 
     @model_validator(mode="after")
     def _one_test(self) -> Self:
