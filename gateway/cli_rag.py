@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -220,20 +220,16 @@ async def _open_offline(settings: TurnoutConfig) -> Any:
 
 
 async def _ingest_offline(
-    settings: TurnoutConfig, collection: str, tenant: str, documents: list[Any], report: dict[str, Any], advance: Any
+    settings: TurnoutConfig,
+    collection: str,
+    tenant: str,
+    documents: list[Any],
+    report: dict[str, Any],
+    advance: Callable[[int], None],
 ) -> None:
     embedder, store, ingestor = await _open_offline(settings)
     try:
-        await store.ensure_partition(collection, tenant)
-        for document in documents:
-            try:
-                outcome, chunks = await ingestor.ingest_one(collection, tenant, document)
-            except Exception as exc:  # reported per document; the others go on
-                report["failed"].append({"id": document.id, "reason": f"{exc.__class__.__name__}: {exc}"})
-            else:
-                report[outcome].append(document.id)
-                report["chunks"] += chunks
-            advance(1)
+        _merge(report, (await ingestor.ingest(collection, tenant, documents, advance)).as_dict())
     finally:
         await store.close()
         embedder.close()

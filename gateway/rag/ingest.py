@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.config.model import ChunkingConfig
 from gateway.embeddings import Embedder
-from gateway.rag.chunking import chunk_text
+from gateway.rag.chunking import Chunk, chunk_text
 from gateway.rag.documents import Document
-from gateway.rag.store import VectorStore
+from gateway.rag.store import Manifest, VectorStore
 
 log = logging.getLogger("turnout.rag")
 
 Outcome = Literal["added", "replaced", "skipped"]
+_GROUP = 32  # documents whose chunks are embedded together
 
 
 @dataclass(slots=True)
@@ -52,32 +53,78 @@ class Ingestor:
         self.embedder = embedder
         self.chunking = chunking
 
-    async def ingest(self, collection: str, tenant: str, documents: Iterable[Document]) -> IngestReport:
+    async def ingest(
+        self,
+        collection: str,
+        tenant: str,
+        documents: Iterable[Document],
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestReport:
+        """Ingest documents in groups, so the chunks of many small documents share embedding batches."""
         report = IngestReport()
         await self.store.ensure_partition(collection, tenant)
+        group: list[Document] = []
         for document in documents:
-            try:
-                outcome, chunks = await self.ingest_one(collection, tenant, document)
-            except Exception as exc:  # one bad document must not stop the others; it is reported
-                log.warning("ingesting %s failed: %s", document.id, exc)
-                report.failed.append({"id": document.id, "reason": f"{exc.__class__.__name__}: {exc}"})
-                continue
-            report.record(document.id, outcome, chunks)
+            group.append(document)
+            if len(group) == _GROUP:
+                await self._ingest_group(collection, tenant, group, report)
+                if progress is not None:
+                    progress(len(group))
+                group = []
+        if group:
+            await self._ingest_group(collection, tenant, group, report)
+            if progress is not None:
+                progress(len(group))
         return report
 
-    async def ingest_one(self, collection: str, tenant: str, document: Document) -> tuple[Outcome, int]:
-        previous = await self.store.manifest(collection, tenant, document.id)
-        if previous is not None and previous.content_hash == document.content_hash:
-            return "skipped", 0
+    async def _ingest_group(
+        self, collection: str, tenant: str, documents: list[Document], report: IngestReport
+    ) -> None:
         # the model's limit counts its two special tokens; chunks are counted without them
         max_tokens = min(self.chunking.max_tokens, self.embedder.max_tokens - 2)
-        chunks = chunk_text(
-            document.text,
-            self.embedder.count_tokens,
-            max_tokens=max_tokens,
-            overlap_tokens=min(self.chunking.overlap_tokens, max_tokens // 2 - 1),
-        )
-        vectors = await self.embedder.embed_documents([c.text for c in chunks])
+        overlap = min(self.chunking.overlap_tokens, max_tokens // 2 - 1)
+        pending: list[tuple[Document, Manifest | None, list[Chunk]]] = []
+        for document in documents:
+            try:
+                previous = await self.store.manifest(collection, tenant, document.id)
+                if previous is not None and previous.content_hash == document.content_hash:
+                    report.record(document.id, "skipped", 0)
+                    continue
+                chunks = chunk_text(
+                    document.text, self.embedder.count_tokens, max_tokens=max_tokens, overlap_tokens=overlap
+                )
+            except Exception as exc:  # one bad document must not stop the others; it is reported
+                self._failed(report, document, exc)
+                continue
+            pending.append((document, previous, chunks))
+        if not pending:
+            return
+        vectors = await self.embedder.embed_documents([c.text for _, _, chunks in pending for c in chunks])
+        position = 0
+        for document, previous, chunks in pending:
+            mine = vectors[position : position + len(chunks)]
+            position += len(chunks)
+            try:
+                await self._write(collection, tenant, document, previous, chunks, mine)
+            except Exception as exc:  # reported per document, as above
+                self._failed(report, document, exc)
+                continue
+            report.record(document.id, "replaced" if previous is not None else "added", len(chunks))
+
+    @staticmethod
+    def _failed(report: IngestReport, document: Document, exc: Exception) -> None:
+        log.warning("ingesting %s failed: %s", document.id, exc)
+        report.failed.append({"id": document.id, "reason": f"{exc.__class__.__name__}: {exc}"})
+
+    async def _write(
+        self,
+        collection: str,
+        tenant: str,
+        document: Document,
+        previous: Manifest | None,
+        chunks: list[Chunk],
+        vectors: list[list[float]],
+    ) -> None:
         meta = {
             "doc_id": document.id,
             "source": document.source,
@@ -91,4 +138,3 @@ class Ingestor:
         await self.store.write_document(
             collection, tenant, document.id, vectors, payloads, manifest, previous.chunks if previous else 0
         )
-        return ("replaced" if previous is not None else "added"), len(chunks)
