@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.gateway import GatewayProcess
-from tests.support.stack import ADAPTERS, BASE
+from tests.support.recorder import RecordingProxy
+from tests.support.stack import ADAPTERS, BASE, gateway_config
 
 LONG = {
     "messages": [{"role": "user", "content": "Tell a long story."}],
@@ -26,25 +28,25 @@ def _aborted_in_log(vllm: Any, request_id: str) -> bool:
     )
 
 
-def test_stream_bytes_are_unchanged(vllm: Any, gateway: GatewayProcess) -> None:
-    body = {
-        "model": ADAPTERS[1],
-        "messages": [{"role": "user", "content": "Count."}],
-        "max_tokens": 6,
-        "temperature": 0,
-        "stream": True,
-    }
-    httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=120).raise_for_status()  # resident now
-    via_gateway = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=120)
-    direct = httpx.post(vllm.url + "/v1/chat/completions", json=body, timeout=120)
-    assert via_gateway.headers["content-type"].startswith("text/event-stream")
-
-    def events(text: str) -> list[str]:
-        # ids and timestamps differ per request; everything else must be identical
-        return [re.sub(r'"(id|created)":("[^"]*"|\d+)', "", line) for line in text.split("\n\n") if line]
-
-    assert events(via_gateway.text) == events(direct.text)
-    assert via_gateway.text.rstrip().endswith("data: [DONE]")
+def test_stream_bytes_are_unchanged(proxy: RecordingProxy, assets: Path, start_gateway: Any) -> None:
+    """What the client receives is byte for byte what vLLM sent the gateway (seen by a recording proxy)."""
+    gateway = start_gateway(gateway_config(proxy.url, assets))
+    for model in (BASE, ADAPTERS[1]):
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Count."}],
+            "max_tokens": 12,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        proxy.clear()
+        received = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=120)
+        assert received.headers["content-type"].startswith("text/event-stream")
+        sent = [c for c in proxy.calls if c.path == "/v1/chat/completions"]
+        assert len(sent) == 1
+        assert received.content == bytes(sent[0].response)
+        assert received.text.rstrip().endswith("data: [DONE]")
 
 
 def test_client_disconnect_mid_stream_aborts_the_generation(vllm: Any, gateway: GatewayProcess) -> None:

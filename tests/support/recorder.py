@@ -21,6 +21,7 @@ class Call:
     method: str
     path: str
     body: Any
+    response: bytearray = field(default_factory=bytearray)  # the bytes the server answered, as forwarded
 
 
 @dataclass
@@ -80,8 +81,9 @@ class RecordingProxy:
                 body: Any = json.loads(raw) if raw else None
             except ValueError:
                 body = raw
+            call = Call(request.method, request.path, body)
             with self._lock:
-                self.calls.append(Call(request.method, request.path, body))
+                self.calls.append(call)
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
             async with session.request(
                 request.method, self.target + request.path_qs, data=raw or None, headers=headers
@@ -90,6 +92,7 @@ class RecordingProxy:
                 response.content_type = upstream.content_type
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
+                    call.response += chunk
                     await response.write(chunk)
                 await response.write_eof()
                 return response
