@@ -80,6 +80,7 @@ class AdapterManager:
         self._adapters = {name: _Adapter(name, spec) for name, spec in adapters.items()}
         self._ops = asyncio.Lock()
         self._slot_freed = asyncio.Event()
+        self._releases = 0  # counts releases, so a waiter can tell one happened before it waited
         self._tick = 0
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -154,6 +155,7 @@ class AdapterManager:
     def _release(self, adapter: _Adapter) -> None:
         adapter.in_flight -= 1
         if adapter.in_flight == 0:
+            self._releases += 1
             self._slot_freed.set()
 
     async def _ensure_loaded(self, adapter: _Adapter) -> None:
@@ -185,51 +187,68 @@ class AdapterManager:
         await asyncio.to_thread(
             validate_adapter, adapter.name, Path(spec.path), max_rank=settings.max_rank, base=settings.base
         )
-        async with self._ops:
-            if adapter.resident and not adapter.stale:
-                return
-            if not adapter.resident:
-                await self._make_room(adapter)
-            served_path = spec.served_path or str(spec.path)
-            payload: dict[str, Any] = {"lora_name": adapter.name, "lora_path": served_path}
-            if adapter.stale:
-                payload["load_inplace"] = True
-            status, body = await self.upstream.request(
-                "POST", "/v1/load_lora_adapter", payload, timeout_s=settings.load_timeout_s
-            )
-            if status == 200 or (status == 400 and b"already been loaded" in body):
-                adapter.resident = True
-                # moved by a reload while loading: load the new files in place on next use
-                adapter.stale = (adapter.spec.path, adapter.spec.served_path) != (spec.path, spec.served_path)
-                adapter.loads += 1
-                log.info("adapter %s loaded on %s", adapter.name, self.upstream.url)
-                return
-            if status in (400, 404, 422):
-                raise InvalidAdapter(
-                    f"vLLM refused to load adapter {adapter.name!r} from {served_path}: {error_message(body)[0]}",
-                    param="model",
-                )
-            raise UpstreamError(f"vLLM failed to load adapter {adapter.name!r} ({status}): {error_message(body)[0]}")
-
-    async def _make_room(self, incoming: _Adapter) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.capacity_wait_s
-        while sum(a.resident for a in self._adapters.values()) >= self.settings.max_resident:
-            idle = [a for a in self._adapters.values() if a.resident and a.in_flight == 0 and a is not incoming]
-            if idle:  # adapters a reload removed go first, then the least recently used
-                await self._unload(min(idle, key=lambda a: (a.declared, a.last_used)))
-                continue
+        deadline = loop.time() + settings.capacity_wait_s
+        while True:
+            releases = self._releases
+            async with self._ops:
+                if adapter.resident and not adapter.stale:
+                    return
+                if adapter.resident or await self._make_room(adapter):
+                    await self._send_load(adapter, spec)
+                    return
+            # Every slot is busy: wait for a release outside the lock, so other adapters' operations
+            # go on and each waiter's deadline is its own.
+            await self._wait_for_release(releases, deadline, adapter)
+
+    async def _wait_for_release(self, seen: int, deadline: float, adapter: _Adapter) -> None:
+        loop = asyncio.get_running_loop()
+        while self._releases == seen:
             remaining = deadline - loop.time()
-            self._slot_freed.clear()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(self._slot_freed.wait(), remaining)
-            except TimeoutError:
+            if remaining <= 0:
                 raise CapacityExhausted(
                     f"all {self.settings.max_resident} adapter slots are busy serving requests; "
-                    f"adapter {incoming.name!r} could not be loaded in {self.settings.capacity_wait_s:g} s"
-                ) from None
+                    f"adapter {adapter.name!r} could not be loaded in {self.settings.capacity_wait_s:g} s"
+                )
+            self._slot_freed.clear()  # no await before the wait below, so no release can slip between
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
+            except TimeoutError:
+                continue  # the loop re-checks the deadline and raises
+
+    async def _send_load(self, adapter: _Adapter, spec: AdapterConfig) -> None:
+        """Load (or reload in place) the adapter's files; the caller holds the operations lock."""
+        settings = self.settings
+        served_path = spec.served_path or str(spec.path)
+        payload: dict[str, Any] = {"lora_name": adapter.name, "lora_path": served_path}
+        if adapter.stale:
+            payload["load_inplace"] = True
+        status, body = await self.upstream.request(
+            "POST", "/v1/load_lora_adapter", payload, timeout_s=settings.load_timeout_s
+        )
+        if status == 200 or (status == 400 and b"already been loaded" in body):
+            adapter.resident = True
+            # moved by a reload while loading: load the new files in place on next use
+            adapter.stale = (adapter.spec.path, adapter.spec.served_path) != (spec.path, spec.served_path)
+            adapter.loads += 1
+            log.info("adapter %s loaded on %s", adapter.name, self.upstream.url)
+            return
+        if status in (400, 404, 422):
+            raise InvalidAdapter(
+                f"vLLM refused to load adapter {adapter.name!r} from {served_path}: {error_message(body)[0]}",
+                param="model",
+            )
+        raise UpstreamError(f"vLLM failed to load adapter {adapter.name!r} ({status}): {error_message(body)[0]}")
+
+    async def _make_room(self, incoming: _Adapter) -> bool:
+        """Unload idle adapters until one slot is free; ``False`` when every resident one is busy."""
+        while sum(a.resident for a in self._adapters.values()) >= self.settings.max_resident:
+            idle = [a for a in self._adapters.values() if a.resident and a.in_flight == 0 and a is not incoming]
+            if not idle:
+                return False
+            # adapters a reload removed go first, then the least recently used
+            await self._unload(min(idle, key=lambda a: (a.declared, a.last_used)))
+        return True
 
     async def _unload(self, adapter: _Adapter) -> None:
         status, body = await self.upstream.request(

@@ -122,6 +122,9 @@ async def test_a_busy_adapter_is_never_evicted_and_capacity_waits_for_a_release(
         waiting = asyncio.create_task(manager.acquire("b"))
         done, _ = await asyncio.wait({waiting}, timeout=0.5)
         assert not done, "b must wait while a is busy, not evict it"
+        # the wait does not hold the operations lock: reading residency from the server still works
+        await asyncio.wait_for(manager.sync(), timeout=5)
+        assert not waiting.done()
         assert ("unload", "a") not in api.calls
         held.release()
         lease = await waiting
