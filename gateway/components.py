@@ -30,7 +30,7 @@ from gateway.dispatch.service import CompletionService
 from gateway.embeddings import Embedder, EmbedderError
 from gateway.errors import ConfigRejected, TurnoutError
 from gateway.metrics import Metrics
-from gateway.routing_state import build_routing_table, policies_use_intents
+from gateway.routing_state import build_routing_table, policies_use_intents, policies_use_openai
 from gateway.upstream.client import Upstream, UpstreamSettings
 from routing import RoutingTable, TargetKind
 
@@ -195,10 +195,14 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
         raise StartupError(str(exc)) from exc
     table = await build_routing_table(config, embedder)
     vllm_backend = VllmBackend(upstream, adapters)
+    openai_backend = OpenAIBackend(config.openai)
+    if policies_use_openai(config):
+        # litellm takes seconds to import: at start-up, off the event loop, not on the first request
+        await asyncio.to_thread(openai_backend.prepare)
     backends: dict[TargetKind, Backend] = {
         TargetKind.BASE: vllm_backend,
         TargetKind.ADAPTER: vllm_backend,
-        TargetKind.OPENAI: OpenAIBackend(config.openai),  # imports litellm on first use only
+        TargetKind.OPENAI: openai_backend,
     }
     store = ingestor = None
     if config.rag.collections:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cachetools import LRUCache
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 Vector = list[float]
+T = TypeVar("T")
 
 # The model reads its first 256 tokens (about 1,500 characters of English); longer text only costs time
 # to tokenise and memory as a cache key.
@@ -103,6 +105,10 @@ class Embedder:
                 if self.config.cache_size:
                     self._cache[text] = vector
         return [found[t] for t in clipped]
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking work that uses the model (its tokenizer) on the model's own worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         """Embed document chunks in batches, bypassing the query cache (they are embedded once)."""

@@ -16,6 +16,10 @@ def policies_use_intents(config: TurnoutConfig) -> bool:
     return any(intents_used(rule.when) for policy in config.policies.values() for rule in policy.rules)
 
 
+def policies_use_openai(config: TurnoutConfig) -> bool:
+    return any(target.openai for policy in config.policies.values() for _, target in policy.targets())
+
+
 def direct_targets(config: TurnoutConfig) -> dict[str, Target]:
     targets = {config.base_model_name: Target(TargetKind.BASE, config.vllm.model)}
     targets.update({name: Target(TargetKind.ADAPTER, name) for name in config.adapters})

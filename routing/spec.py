@@ -208,6 +208,18 @@ class PolicySpec(_Spec):
         default_factory=list, description="Tried in order when the chosen target fails before its first byte."
     )
 
+    def targets(self) -> list[tuple[str, TargetSpec]]:
+        """Every target the policy names, with where it stands (``default``, ``rules[2].target``...)."""
+        found: list[tuple[str, TargetSpec]] = [("default", self.default)]
+        found += [(f"fallbacks[{i}]", t) for i, t in enumerate(self.fallbacks)]
+        for i, rule in enumerate(self.rules):
+            if rule.target is not None:
+                found.append((f"rules[{i}].target", rule.target))
+            if rule.split is not None:
+                found += [(f"rules[{i}].split.arms[{j}].target", arm.target) for j, arm in enumerate(rule.split.arms)]
+            found += [(f"rules[{i}].fallbacks[{j}]", t) for j, t in enumerate(rule.fallbacks or [])]
+        return found
+
     @model_validator(mode="after")
     def _unique_rules(self) -> Self:
         seen: set[str] = set()

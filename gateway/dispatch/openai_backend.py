@@ -63,6 +63,10 @@ class OpenAIBackend:
         self.config = config
         self._lib: Any = None
 
+    def prepare(self) -> None:
+        """Import litellm now (blocking: call it in a thread) rather than on the first request."""
+        self._litellm()
+
     def _litellm(self) -> Any:
         if self._lib is None:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at run time

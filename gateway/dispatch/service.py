@@ -117,6 +117,9 @@ class CompletionService:
             except PassToNextRule as exc:
                 # Retrieval came back empty and the rule passes the request on: the rules after it decide.
                 log.info("request %s: rule %s passed the request on: %s", ctx.request_id, decision.rule, exc)
+                if decision.rule == "default" or decision.rule in passed:
+                    # the configuration check refuses this; never loop if it gets here anyway
+                    raise TurnoutError(f"rule {decision.rule!r} passed the request on, but no rule follows") from exc
                 passed.append(decision.rule)
                 following = decide(routed.features, routed.table, after=decision.rule)
                 assert following is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-import aiohttp
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -62,15 +61,17 @@ class PassThroughStream(Response):
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 tail = chunk[-2:] or tail
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except Exception as exc:  # any backend's failure mid-stream (aiohttp, litellm) is told the same way
             # Headers are gone already, so the failure is told in-band, as an SSE error event the
             # openai client raises as an APIError, rather than as a silently truncated stream.
             log.warning("upstream stream broke off: %s", exc.__class__.__name__)
-            error = (
-                UpstreamTimeout("the upstream went silent mid-stream")
-                if isinstance(exc, TimeoutError)
-                else (UpstreamError("the upstream broke off the stream"))
-            )
+            error: TurnoutError
+            if isinstance(exc, TurnoutError):
+                error = exc
+            elif isinstance(exc, TimeoutError):
+                error = UpstreamTimeout("the upstream went silent mid-stream")
+            else:
+                error = UpstreamError(f"the upstream broke off the stream ({exc.__class__.__name__})")
             # end the half-sent event first, so the error is an event of its own the client can parse
             prefix = b"" if tail == b"\n\n" else b"\n\n"
             event = prefix + b"data: " + error.body() + b"\n\n"

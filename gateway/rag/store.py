@@ -25,6 +25,7 @@ from gateway.config.model import RagStoreConfig
 SHARED = ""  # the tenant of documents every caller may read
 _MANIFEST_SUFFIX = "__manifest"
 _SEP = "__t_"
+_SHARED_SUFFIX = "__shared"
 _NAMESPACE = uuid.UUID("6f1f5b0e-3c55-4e07-9a4e-2b1c9d7f0a11")
 
 
@@ -52,9 +53,12 @@ class Manifest:
 
 
 def partition_name(collection: str, tenant: str) -> str:
-    """The Qdrant collection holding one tenant's (or the shared) chunks of a collection."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", lambda m: f"~{ord(m.group()):x}", tenant)
-    return f"{collection}{_SEP}{safe}" if tenant else f"{collection}{_SEP}_shared"
+    """The Qdrant collection holding one tenant's (or the shared) chunks of a collection.
+
+    Every character of a tenant name outside [A-Za-z0-9-] is escaped to a fixed width, so the mapping
+    is one-to-one and reversible, and an escaped name never contains "__" (which separates parts)."""
+    safe = re.sub(r"[^A-Za-z0-9-]", lambda m: f"~{ord(m.group()):06x}", tenant)
+    return f"{collection}{_SEP}{safe}" if tenant else f"{collection}{_SHARED_SUFFIX}"
 
 
 def chunk_id(doc_id: str, index: int) -> str:
@@ -107,10 +111,15 @@ class VectorStore:
         names = [c.name for c in (await self.client.get_collections()).collections]
         found = []
         for name in names:
-            if name.endswith(_MANIFEST_SUFFIX) or _SEP not in name:
+            if name.endswith(_MANIFEST_SUFFIX):
                 continue
-            owner, _, tenant = name.partition(_SEP)
-            tenant = SHARED if tenant == "_shared" else re.sub(r"~([0-9a-f]+)", lambda m: chr(int(m[1], 16)), tenant)
+            if name.endswith(_SHARED_SUFFIX):
+                owner, tenant = name[: -len(_SHARED_SUFFIX)], SHARED
+            elif _SEP in name:
+                owner, _, escaped = name.partition(_SEP)
+                tenant = re.sub(r"~([0-9a-f]{6})", lambda m: chr(int(m[1], 16)), escaped)
+            else:
+                continue
             if collection is None or owner == collection:
                 found.append((owner, tenant))
         return sorted(found)
@@ -134,11 +143,19 @@ class VectorStore:
         payload = dict(records[0].payload or {})
         return Manifest(doc_id, str(payload.get("content_hash", "")), int(payload.get("chunks", 0)), payload)
 
-    async def manifests(self, collection: str, tenant: str, limit: int = 10_000) -> list[Manifest]:
+    async def manifests(self, collection: str, tenant: str, limit: int = 1_000_000) -> list[Manifest]:
         name = partition_name(collection, tenant) + _MANIFEST_SUFFIX
         if not await self.client.collection_exists(name):
             return []
-        records, _ = await self.client.scroll(name, limit=limit, with_payload=True)
+        records: list[Any] = []
+        offset: Any = None
+        while len(records) < limit:
+            page, offset = await self.client.scroll(
+                name, limit=min(1000, limit - len(records)), offset=offset, with_payload=True
+            )
+            records += page
+            if offset is None:
+                break
         out = []
         for record in records:
             payload = dict(record.payload or {})
@@ -164,14 +181,23 @@ class VectorStore:
     ) -> None:
         """Write a document's chunks, drop the ones a shorter new version no longer has, then its manifest.
 
-        The manifest is written last: if this is interrupted, the document still looks changed (or new),
-        so running the ingestion again finishes the job instead of skipping it.
+        The final manifest is written last: if this is interrupted, the document still looks changed (or
+        new), so running the ingestion again finishes the job instead of skipping it.
         """
         name = partition_name(collection, tenant)
         points = [
             models.PointStruct(id=chunk_id(doc_id, i), vector=list(vector), payload=payload)
             for i, (vector, payload) in enumerate(zip(vectors, payloads, strict=True))
         ]
+        if len(points) > previous_chunks:
+            # First a manifest that covers every chunk id about to exist, with no content hash: if this is
+            # interrupted, the next run sees a change and replaces, and a delete still finds every chunk.
+            provisional = models.PointStruct(
+                id=manifest_id(doc_id),
+                vector=[1.0],
+                payload={**manifest, "doc_id": doc_id, "content_hash": "", "chunks": len(points)},
+            )
+            await self.client.upsert(name + _MANIFEST_SUFFIX, points=[provisional], wait=True)
         if points:
             await self.client.upsert(name, points=points, wait=True)
         stale = [chunk_id(doc_id, i) for i in range(len(points), previous_chunks)]

@@ -18,7 +18,7 @@ from tests.support.gateway import GatewayProcess
 from tests.support.stack import BASE, gateway_config
 from tests.support.vllm_api import loaded_adapters
 
-KEYS = {"a": "key-tenant-a", "b": "key-tenant-b", "admin": "key-admin"}
+KEYS = {"a": "key-tenant-a", "b": "key-tenant-b", "admin": "key-admin", "plain": "key-no-tenant"}
 HARBOUR = "The Acme harbour office on Pier 4 opens at 7:30 and closes at 16:00 on weekdays."
 WARRANTY = "Every Acme kettle carries a warranty of 39 months from the date of delivery."
 SECRET = "Project Nightingale launches on the ninth of March; its budget is 4711 euros."
@@ -33,6 +33,7 @@ def rag_config(vllm_url: str, assets: Path, store: Path) -> dict[str, Any]:
             {"key": KEYS["a"], "tenant": "tenant-a"},
             {"key": KEYS["b"], "tenant": "tenant-b"},
             {"key": KEYS["admin"], "admin": True},
+            {"key": KEYS["plain"]},
         ]
     }
     config["rag"] = {
@@ -194,6 +195,14 @@ def test_the_owner_retrieves_its_chunks_and_others_cannot_touch_them(corpus: Gat
     assert denied.status_code == 403
     assert denied.json()["error"]["code"] == "permission_denied"
     assert _api(corpus, "a", "DELETE", "/v1/rag/collections/kb/documents/nightingale").status_code == 404
+    # a key with no tenant reads the shared documents but may not change what every tenant retrieves
+    plain = _api(corpus, "plain", "POST", "/v1/rag/collections/kb/documents", {"documents": [{"text": "poison"}]})
+    assert plain.status_code == 403
+    assert _api(corpus, "plain", "DELETE", "/v1/rag/collections/kb").status_code == 403
+    assert _api(corpus, "plain", "DELETE", "/v1/rag/collections/kb/documents/harbour").status_code == 403
+    assert "harbour" in {
+        d["id"] for d in _api(corpus, "plain", "GET", "/v1/rag/collections/kb/documents").json()["data"]
+    }
     unauthenticated = httpx.post(
         corpus.url + "/v1/chat/completions", json={"model": "kb-bot", "messages": [{"role": "user", "content": "hi"}]}
     )

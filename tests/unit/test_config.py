@@ -151,6 +151,11 @@ intents:
         ("p: {default: base, fallbacks: [rag:docs+adapter:q]}", "policies.p.fallbacks[0]: adapter 'q' is not declared"),
         ("a: {default: base}", "policies.a: the name is also a model or adapter name"),
         ("p: {default: rag:nowhere}", "policies.p.default: collection 'nowhere' is not declared under rag.collections"),
+        (
+            "p: {default: {rag: {collection: kb, on_empty: next_rule}}}\nrag: {collections: {kb: {}}}",
+            "policies.p.default: on_empty next_rule needs a next rule",
+        ),
+        ("p: {default: base}\nrag: {collections: {'kb:v2': {}}}", "'kb:v2' is not a collection name"),
         ("p: {default: 'gpu:1'}", "policies.p.default: 'gpu:1': unknown target kind 'gpu'"),
     ],
 )
