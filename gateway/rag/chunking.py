@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 MIN_MAX_TOKENS = 8
+MAX_CHARS_PER_TOKEN = 16  # far above real text (about 4 for English): only degenerate input hits it
 
 _WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\S+")
@@ -55,7 +56,29 @@ def chunk_text(text: str, count_tokens: Callable[[str], int], *, max_tokens: int
     pieces = [piece for start, end in _piece_spans(text) for piece in _fitted_pieces(start, end, budget)]
     groups = _pack(pieces, budget, overlap_tokens)
     spans = [(pieces[first].start, pieces[stop - 1].end) for first, stop in groups]
+    spans = [part for span in spans for part in _cap_characters(text, span, max_tokens * MAX_CHARS_PER_TOKEN)]
     return [Chunk(index=i, text=text[start:end], start=start, end=end) for i, (start, end) in enumerate(spans)]
+
+
+def _cap_characters(text: str, span: tuple[int, int], limit: int) -> list[tuple[int, int]]:
+    """Split a span longer than ``limit`` characters into consecutive windows (trimmed of white space).
+
+    Tokenizers read an overlong "word" (a base64 blob, a hash list) as a single unknown token, so a
+    chunk within the token budget can still be megabytes of text; this bounds what a chunk puts into a
+    prompt whatever the tokenizer says."""
+    start, end = span
+    if end - start <= limit:
+        return [span]
+    parts = []
+    for left in range(start, end, limit):
+        right = min(left + limit, end)
+        while left < right and text[left].isspace():
+            left += 1
+        while right > left and text[right - 1].isspace():
+            right -= 1
+        if left < right:
+            parts.append((left, right))
+    return parts
 
 
 def _check_budget(max_tokens: int, overlap_tokens: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.rag.chunking import Chunk, chunk_text
+from gateway.rag.chunking import MAX_CHARS_PER_TOKEN, Chunk, chunk_text
 
 Counter = Callable[[str], int]
 
@@ -248,3 +248,11 @@ def test_property_consecutive_chunks_overlap_when_pieces_are_small(
     for before, after in pairwise(chunks):
         assert after.start < before.end
         assert words(text[after.start : before.end]) <= overlap_tokens
+
+
+def test_a_giant_single_token_word_is_still_cut_to_a_bounded_size() -> None:
+    text = "start " + "x" * 200_000 + " end"
+    chunks = chunk_text(text, lambda t: len(t.split()), max_tokens=64, overlap_tokens=8)
+    assert max(len(c.text) for c in chunks) <= 64 * MAX_CHARS_PER_TOKEN
+    assert "".join(c.text for c in chunks).replace(" ", "").count("x") >= 200_000
+    assert all(c.text == text[c.start : c.end] for c in chunks)
