@@ -46,10 +46,13 @@ def _load(config: Path) -> TurnoutConfig:
     return load_or_exit(config)
 
 
-def _check_collection(settings: TurnoutConfig, collection: str) -> None:
+def _settings_for(config: Path, collection: str) -> TurnoutConfig:
+    """The configuration, once it is known to declare ``collection``."""
+    settings = _load(config)
     if collection not in settings.rag.collections:
         declared = ", ".join(settings.rag.collections) or "none"
         raise _fail(f"collection {collection!r} is not declared under rag.collections (declared: {declared})")
+    return settings
 
 
 class _Api:
@@ -119,8 +122,7 @@ def ingest(
     """Chunk, embed and store documents; unchanged ones are skipped, changed ones replaced."""
     from gateway.rag.documents import Document, LoadFailure, load_path
 
-    settings = _load(config)
-    _check_collection(settings, collection)
+    settings = _settings_for(config, collection)
     documents: list[Document] = []
     failed: list[dict[str, str]] = []
     for path in paths:
@@ -243,8 +245,7 @@ def list_documents(
     gateway: GatewayOption = None,
 ) -> None:
     """The documents of a collection's partition, as JSON lines."""
-    settings = _load(config)
-    _check_collection(settings, collection)
+    settings = _settings_for(config, collection)
     api = _api_for(settings, gateway)
     if api is not None:
         query = f"?tenant={_quote(tenant)}" if tenant else ""
@@ -273,8 +274,7 @@ def delete(
     gateway: GatewayOption = None,
 ) -> None:
     """Delete one document (all its chunks) or a collection's whole partition."""
-    settings = _load(config)
-    _check_collection(settings, collection)
+    settings = _settings_for(config, collection)
     api = _api_for(settings, gateway)
     query = f"?tenant={_quote(tenant)}" if tenant else ""
     if api is not None:
