@@ -1,4 +1,7 @@
-"""One place that renders every failure as the OpenAI error envelope, never as a traceback."""
+"""Renders every deliberate failure as the OpenAI error envelope, never as a traceback.
+
+Bugs (any other exception) are answered by :class:`gateway.api.middleware.RequestIdMiddleware`, which
+sits inside Starlette's own error handler and so can add the request id to the envelope."""
 
 from __future__ import annotations
 
@@ -43,14 +46,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return render(InvalidRequest(f"{param or 'request'}: {first.get('msg')}", param=param))
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    request_id = request.scope.get("state", {}).get("request_id", "?")
-    log.error("unexpected error on request %s", request_id, exc_info=exc)
-    return render(TurnoutError(f"internal error; quote request id {request_id} when reporting it"))
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TurnoutError, _turnout_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)

@@ -37,17 +37,7 @@ class PassThroughStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with anyio.create_task_group() as group:
-
-                async def pump() -> None:
-                    await self._pump(send)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(pump)
-                await _until_disconnect(receive)
-                group.cancel_scope.cancel()
-        except* OSError:
-            pass  # the client went away mid-write (anyio groups it); finally closes the upstream
+            await _until_done_or_disconnect(self._pump(send), receive)
         finally:
             self.opened.close()
 
@@ -113,20 +103,26 @@ class BufferedAnswer(Response):
             await send({"type": "http.response.body", "body": body})
 
         try:
-            async with anyio.create_task_group() as group:
-
-                async def run() -> None:
-                    await deliver()
-                    group.cancel_scope.cancel()
-
-                group.start_soon(run)
-                await _until_disconnect(receive)
-                group.cancel_scope.cancel()
-        except* OSError:
-            pass  # the client went away while the answer was being sent
+            await _until_done_or_disconnect(deliver(), receive)
         finally:
             if opened is not None:
                 opened.close()
+
+
+async def _until_done_or_disconnect(work: Awaitable[None], receive: Receive) -> None:
+    """Run ``work`` until it ends or the client disconnects, whichever comes first (the other is cancelled)."""
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def run() -> None:
+                await work
+                group.cancel_scope.cancel()
+
+            group.start_soon(run)
+            await _until_disconnect(receive)
+            group.cancel_scope.cancel()
+    except* OSError:
+        pass  # the client went away mid-write (anyio groups it); the caller's finally releases the upstream
 
 
 async def _until_disconnect(receive: Receive) -> None:
