@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install vllm-env assets demo test lint typecheck unit e2e bench clean
+.PHONY: install tools vllm-env assets demo test lint typecheck unit e2e bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev,semantic]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+# promtool and prometheus (Debian's `prometheus` package) check the alert rules and dashboard queries and
+# run a real Prometheus in tests; installed only when missing, with sudo only when not already root.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
 
 vllm-env:
 	bash deploy/local/vllm-env.sh >/dev/null
@@ -35,13 +43,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install tools
 	$(BIN)/pytest tests/unit
 
-e2e: install assets
+e2e: install assets tools
 	$(BIN)/pytest tests/e2e
 
-test: install assets lint typecheck
+test: install assets tools lint typecheck
 	$(BIN)/pytest
 
 bench: install assets

@@ -126,9 +126,13 @@ def route_explain(
     """Print the decision for a request, every rule's evaluation and the intent scores, as JSON."""
     import asyncio
 
+    from gateway.accounting.ledger import Accounting
+    from gateway.accounting.prices import PriceBook
+    from gateway.accounting.usage import TokenCounter
     from gateway.dispatch.service import CompletionService, RequestContext
     from gateway.embeddings import Embedder
     from gateway.errors import TurnoutError
+    from gateway.metrics import Metrics
     from gateway.routing_state import build_routing_table, policies_use_intents
 
     settings = load_or_exit(config)
@@ -150,7 +154,9 @@ def route_explain(
         if embedder is not None:
             await embedder.start()
         try:
-            service = CompletionService(await build_routing_table(settings, embedder), {}, embedder)
+            table = await build_routing_table(settings, embedder)
+            nothing_served = Accounting(Metrics(), PriceBook(settings.costs, []), TokenCounter(None))
+            service = CompletionService(table, {}, embedder, nothing_served)
             return await service.explain("chat", raw, RequestContext(request_id, tenant, headers))
         finally:
             if embedder is not None:

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from gateway.accounting.ledger import Accounting
+from gateway.accounting.prices import PriceBook
+from gateway.accounting.usage import TokenCounter
 from gateway.adapters.manager import AdapterManager, ManagerSettings
 from gateway.adapters.validation import BaseModelFacts
 from gateway.auth import Authenticator
@@ -30,7 +33,7 @@ from gateway.dispatch.service import CompletionService
 from gateway.embeddings import Embedder, EmbedderError
 from gateway.errors import ConfigRejected, TurnoutError
 from gateway.metrics import Metrics
-from gateway.routing_state import build_routing_table, policies_use_intents, policies_use_openai
+from gateway.routing_state import build_routing_table, openai_models, policies_use_intents, policies_use_openai
 from gateway.upstream.client import Upstream, UpstreamSettings
 from routing import RoutingTable, TargetKind
 
@@ -94,6 +97,10 @@ class Components:
     def table(self) -> RoutingTable:
         return self.service.table
 
+    @property
+    def accounting(self) -> Accounting:
+        return self.service.accounting
+
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration file; on any problem raise :class:`ConfigRejected` and change nothing."""
         async with self._reloading:
@@ -121,18 +128,21 @@ class Components:
         new = new.model_copy(update=kept)
         embedder = self.service.embedder
         try:
-            embedder = await _embedder_for(new, embedder)
+            embedder = await _embedder_for(new, embedder, self.metrics)
             table = await build_routing_table(new, embedder)
+            prices = price_book(new)
         except (ValueError, EmbedderError) as exc:
             if embedder is not None and embedder is not self.service.embedder:
                 embedder.close()  # loaded for this reload only
             raise ConfigRejected(f"configuration not reloaded: {self.config_path}: {exc}") from exc
         self.adapters.update(new.adapters)
+        self.metrics.declare(new.adapters, new.rag.collections)
         rag = self.service.backends.get(TargetKind.RAG)
         if rag is not None:
             rag.collections = new.rag.collections  # type: ignore[attr-defined]
         self.auth = Authenticator(new.auth)
         self.service.embedder = embedder
+        self.service.accounting.prices = prices
         self.service.table = table
         self.config = new
         self.reloads += 1
@@ -148,11 +158,18 @@ class Components:
         }
 
 
-async def _embedder_for(config: TurnoutConfig, current: Embedder | None) -> Embedder | None:
+def price_book(config: TurnoutConfig) -> PriceBook:
+    """The prices for ``config`` (:class:`gateway.accounting.prices.PriceError` if a model has none)."""
+    return PriceBook(config.costs, openai_models(config))
+
+
+async def _embedder_for(config: TurnoutConfig, current: Embedder | None, metrics: Metrics) -> Embedder | None:
     """The loaded embedder when intents or retrieval need one (the current one if there is one)."""
     if current is not None or not needs_embedder(config):
         return current
-    embedder = Embedder(config.embeddings)
+    embedder = Embedder(
+        config.embeddings, lambda kind, seconds: metrics.embedding_seconds.labels(kind).observe(seconds)
+    )
     await embedder.start()
     return embedder
 
@@ -160,6 +177,7 @@ async def _embedder_for(config: TurnoutConfig, current: Embedder | None) -> Embe
 async def build_components(config: TurnoutConfig, config_path: Path | None, stack: AsyncExitStack) -> Components:
     vllm = config.vllm
     metrics = Metrics()
+    metrics.declare(config.adapters, config.rag.collections)
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
     session = await stack.enter_async_context(
         aiohttp.ClientSession(connector=connector, auto_decompress=False, raise_for_status=False)
@@ -183,6 +201,7 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
             capacity_wait_s=vllm.capacity_wait_s,
             base=base_model_facts(config),
         ),
+        metrics,
     )
     try:
         await adapters.sync()
@@ -190,9 +209,15 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
         # Not fatal: vLLM may start after the gateway; residency is learnt on first use then.
         log.warning("could not read vLLM's adapters at start-up: %s", exc.message)
     try:
-        embedder = await _embedder_for(config, None)
+        embedder = await _embedder_for(config, None, metrics)
     except EmbedderError as exc:
         raise StartupError(str(exc)) from exc
+    try:
+        prices = price_book(config)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    if not prices.self_hosted_priced:
+        log.warning("costs.vllm.gpu_hour_usd is 0: requests served by vLLM are costed at $0")
     table = await build_routing_table(config, embedder)
     vllm_backend = VllmBackend(upstream, adapters)
     openai_backend = OpenAIBackend(config.openai)
@@ -217,7 +242,11 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
             raise StartupError(str(exc)) from exc
         ingestor = Ingestor(store, embedder, config.rag.chunking)
         backends[TargetKind.RAG] = RagBackend(store, embedder, config.rag.collections, vllm_backend, metrics)
-    service = CompletionService(table, backends, embedder)
+    tokenizer = config.base_model.path / "tokenizer.json" if config.base_model.path is not None else None
+    counter = await asyncio.to_thread(
+        TokenCounter, tokenizer, openai_backend.count_tokens if policies_use_openai(config) else None
+    )
+    service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter))
     components = Components(config, config_path, upstream, adapters, service, store, ingestor, metrics)
     stack.push_async_callback(components.aclose)
     return components

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -54,8 +55,9 @@ def model_location(name: str) -> Path:
 
 
 class Embedder:
-    def __init__(self, config: EmbeddingsConfig) -> None:
+    def __init__(self, config: EmbeddingsConfig, observe: Callable[[str, float], None] | None = None) -> None:
         self.config = config
+        self.observe = observe  # told (kind, seconds) after each model run: "query" or "documents"
         self._model: SentenceTransformer | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._cache: LRUCache[str, Vector] = LRUCache(maxsize=max(config.cache_size, 1))
@@ -99,7 +101,10 @@ class Embedder:
         found: dict[str, Vector] = {t: v for t in clipped if (v := self._cache.get(t)) is not None}
         missing = list(dict.fromkeys(t for t in clipped if t not in found))
         if missing:
+            started = time.perf_counter()
             vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, missing)
+            if self.observe is not None:
+                self.observe("query", time.perf_counter() - started)
             for text, vector in zip(missing, vectors, strict=True):
                 found[text] = vector
                 if self.config.cache_size:
@@ -112,7 +117,11 @@ class Embedder:
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         """Embed document chunks in batches, bypassing the query cache (they are embedded once)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, list(texts))
+        started = time.perf_counter()
+        vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, list(texts))
+        if self.observe is not None:
+            self.observe("documents", time.perf_counter() - started)
+        return vectors
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in the model's own tokenizer (chunks are sized in these)."""

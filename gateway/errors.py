@@ -50,6 +50,7 @@ class TurnoutError(Exception):
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers: dict[str, str] = {}  # extra response headers, such as the route it was sent on
+        self.counted = False  # already counted in the error metrics (by the request's ledger)
 
     def envelope(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}

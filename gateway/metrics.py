@@ -1,40 +1,245 @@
 """Prometheus metrics, in a registry of the app's own (built in the lifespan, never module-global).
 
-Label values are bounded by the configuration (collection names), never by callers: no user ids,
-keys or prompt text become labels.
+Label values are bounded by the configuration (policy, target, adapter and collection names, error
+codes, HTTP statuses), never by callers: no user ids, keys or prompt text become labels. A request for
+a model the gateway does not serve is counted under ``policy="none"``, not under the name it asked for.
+
+The hot path looks its labelled children up once per route (:meth:`Metrics.route`) and keeps them, so
+a request costs a few dictionary hits and observations, not a label resolution per metric.
+
+One process per container: every figure here (and the adapter residency it reports) belongs to the
+process that serves it; scale by running more replicas, each scraped on its own.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+NO_POLICY = "none"  # the policy label of requests that never reached a configured model
+NO_ROUTE = "none"  # route kind and target of requests refused before routing
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _RETRIEVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class RouteSeries:
+    """The labelled children of one (endpoint, policy, route kind, target), resolved once and kept."""
+
+    def __init__(self, metrics: Metrics, endpoint: str, policy: str, kind: str, target: str) -> None:
+        self.metrics, self.endpoint, self.policy, self.kind, self.target = metrics, endpoint, policy, kind, target
+        self._by_status: dict[int, Counter] = {}
+        m, labels = metrics, (policy, kind, target)
+        self.duration_stream = m.request_seconds.labels(*labels, "true")
+        self.duration_whole = m.request_seconds.labels(*labels, "false")
+        self.ttft = m.ttft_seconds.labels(*labels)
+        self.overhead_stream = m.overhead_seconds.labels(kind, "true")
+        self.overhead_whole = m.overhead_seconds.labels(kind, "false")
+        self.prompt_tokens = m.tokens.labels(*labels, "prompt")
+        self.completion_tokens = m.tokens.labels(*labels, "completion")
+        self.estimated = m.usage_estimated.labels(kind)
+        self.cost_generation = m.cost_dollars.labels(*labels, "generation")
+        self.cost_embedding = m.cost_dollars.labels(*labels, "embedding")
+        self.cost_search = m.cost_dollars.labels(*labels, "search")
+        backend = "openai" if kind == "openai" else "vllm"
+        self.upstream = None if kind == NO_ROUTE else m.upstream_seconds.labels(backend, kind)
+
+    def requests(self, status: int) -> Counter:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.metrics.requests.labels(
+                self.endpoint, self.policy, self.kind, self.target, str(status)
+            )
+        return child
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self._routes: dict[tuple[str, str, str, str], RouteSeries] = {}
+        route = ["policy", "route_kind", "target"]
+
+        # Requests, latency and what the gateway itself adds.
+        self.requests = Counter(
+            "turnout_requests",
+            "Completion requests answered, by endpoint, policy (the configured model name asked for, else none), "
+            "route kind, target and HTTP status (499: the client left first).",
+            ["endpoint", *route, "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "turnout_request_duration_seconds",
+            "Time from receiving a completion request to sending its last byte.",
+            [*route, "stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft_seconds = Histogram(
+            "turnout_time_to_first_token_seconds",
+            "Streams: time from receiving the request to sending the first generated text.",
+            route,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead_seconds = Histogram(
+            "turnout_gateway_overhead_seconds",
+            "What the gateway adds to a request: its duration minus the time spent waiting on the upstream, "
+            "on adapter loads and on retrieval.",
+            ["route_kind", "stream"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "turnout_upstream_duration_seconds",
+            "Time spent waiting on the upstream (vLLM or OpenAI) for one request, first byte to last.",
+            ["backend", "route_kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("turnout_in_flight_requests", "Completion requests being served now.", registry=r)
+
+        # Usage and money.
+        self.tokens = Counter(
+            "turnout_tokens",
+            "Tokens by direction (prompt, completion), as the upstream reported them or, failing that, counted here.",
+            [*route, "direction"],
+            registry=r,
+        )
+        self.usage_estimated = Counter(
+            "turnout_usage_estimated",
+            "Requests whose token counts were estimated with a tokenizer because the upstream reported none.",
+            ["route_kind"],
+            registry=r,
+        )
+        self.cost_dollars = Counter(
+            "turnout_cost_dollars",
+            "Cost of requests in US dollars, by component: generation (OpenAI price or apportioned GPU time), "
+            "embedding and search (retrieval).",
+            [*route, "component"],
+            registry=r,
+        )
+
+        # Routing.
+        self.decisions = Counter(
+            "turnout_routing_decisions",
+            "Routing decisions by policy and the rule that matched (default when none did).",
+            ["policy", "rule"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "turnout_fallbacks",
+            "Targets given up before the first byte for the next one in their rule's fallback chain.",
+            ["policy", "from_target", "reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "turnout_errors",
+            "Errors answered to clients (or sent in-band in a stream); type is the error's code.",
+            ["type"],
+            registry=r,
+        )
+
+        # Retrieval and embeddings.
         self.retrieval_seconds = Histogram(
             "turnout_retrieval_duration_seconds",
             "Time to retrieve context for one request: query embedding plus search.",
             ["collection"],
             buckets=_RETRIEVAL_BUCKETS,
-            registry=self.registry,
+            registry=r,
         )
         self.retrieval_empty = Counter(
             "turnout_retrieval_empty",
             "Retrievals where no chunk cleared the score threshold.",
             ["collection"],
-            registry=self.registry,
+            registry=r,
         )
         self.retrieval_degraded = Counter(
             "turnout_retrieval_degraded",
             "Retrievals that failed (vector store or embedding model), degrading to a fallback or a 503.",
             ["collection"],
-            registry=self.registry,
+            registry=r,
         )
+        self.embedding_seconds = Histogram(
+            "turnout_embedding_duration_seconds",
+            "Time the embedding model took for one batch (kind: query for routing and retrieval, documents "
+            "for ingestion); cache hits are not counted.",
+            ["kind"],
+            buckets=_RETRIEVAL_BUCKETS,
+            registry=r,
+        )
+
+        # Adapters.
+        self.adapter_load_seconds = Histogram(
+            "turnout_adapter_load_duration_seconds",
+            "Time to load one LoRA adapter into vLLM (successful loads).",
+            ["adapter"],
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.adapter_loads = Counter(
+            "turnout_adapter_loads",
+            "Adapter loads by outcome (success, failure).",
+            ["adapter", "outcome"],
+            registry=r,
+        )
+        self.adapter_unloads = Counter(
+            "turnout_adapter_unloads",
+            "Adapters unloaded from vLLM, by reason (eviction to make room, removed from the configuration).",
+            ["adapter", "reason"],
+            registry=r,
+        )
+        self.adapter_evictions = Counter(
+            "turnout_adapter_evictions",
+            "Idle adapters evicted (least recently used first) to make room for another; also counted in "
+            "turnout_adapter_unloads_total with reason eviction.",
+            ["adapter"],
+            registry=r,
+        )
+        self.adapter_resident = Gauge(
+            "turnout_adapter_resident",
+            "1 while the adapter is loaded in vLLM, else 0.",
+            ["adapter"],
+            registry=r,
+        )
+
+        self.build_info = Gauge("turnout_build_info", "The running Turnout version.", ["version"], registry=r)
+        self.build_info.labels(_version()).set(1)
+
+    def declare(self, adapters: Iterable[str], collections: Iterable[str]) -> None:
+        """Create the series of every configured adapter and collection at zero, so that ``rate()`` and
+        ``increase()`` see their first event (a series born at 1 has no increase to show)."""
+        for name in adapters:
+            for outcome in ("success", "failure", "no_capacity"):
+                self.adapter_loads.labels(name, outcome)
+            self.adapter_evictions.labels(name)
+            for reason in ("eviction", "removed"):
+                self.adapter_unloads.labels(name, reason)
+        for name in collections:
+            self.retrieval_empty.labels(name)
+            self.retrieval_degraded.labels(name)
+
+    def route(self, endpoint: str, policy: str, kind: str, target: str) -> RouteSeries:
+        key = (endpoint, policy, kind, target)
+        series = self._routes.get(key)
+        if series is None:
+            series = self._routes[key] = RouteSeries(self, endpoint, policy, kind, target)
+        return series
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+def _version() -> str:
+    try:
+        return version("turnout")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+        return "unknown"
+
+
+__all__ = ["NO_POLICY", "NO_ROUTE", "Metrics", "RouteSeries"]

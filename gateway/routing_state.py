@@ -20,6 +20,12 @@ def policies_use_openai(config: TurnoutConfig) -> bool:
     return any(target.openai for policy in config.policies.values() for _, target in policy.targets())
 
 
+def openai_models(config: TurnoutConfig) -> list[str]:
+    """Every OpenAI model id the policies name, each once."""
+    found = (target.openai for policy in config.policies.values() for _, target in policy.targets())
+    return sorted({model for model in found if model is not None})
+
+
 def direct_targets(config: TurnoutConfig) -> dict[str, Target]:
     targets = {config.base_model_name: Target(TargetKind.BASE, config.vllm.model)}
     targets.update({name: Target(TargetKind.ADAPTER, name) for name in config.adapters})

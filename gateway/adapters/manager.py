@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,6 +29,7 @@ import orjson
 from gateway.adapters.validation import BaseModelFacts, validate_adapter
 from gateway.config import AdapterConfig
 from gateway.errors import CapacityExhausted, InvalidAdapter, ModelNotFound, UpstreamError
+from gateway.metrics import Metrics
 from gateway.upstream.client import Upstream, error_message
 
 log = logging.getLogger("turnout.adapters")
@@ -74,9 +76,16 @@ class Lease:
 class AdapterManager:
     """Adapter residency on one vLLM server."""
 
-    def __init__(self, upstream: Upstream, adapters: Mapping[str, AdapterConfig], settings: ManagerSettings) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        adapters: Mapping[str, AdapterConfig],
+        settings: ManagerSettings,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.upstream = upstream
         self.settings = settings
+        self.metrics = metrics
         self._adapters = {name: _Adapter(name, spec) for name, spec in adapters.items()}
         self._ops = asyncio.Lock()
         self._slot_freed = asyncio.Event()
@@ -179,8 +188,31 @@ class AdapterManager:
                 raise UpstreamError("vLLM's /v1/models answer is not the expected JSON") from exc
             for adapter in self._adapters.values():
                 adapter.resident = adapter.name in listed
+            self._publish()
 
     async def _load(self, adapter: _Adapter) -> None:
+        """Load ``adapter``, counting the outcome and timing successful loads."""
+        started = time.perf_counter()
+        outcome = "failure"
+        try:
+            await self._load_once(adapter)
+            outcome = "success"
+        except CapacityExhausted:
+            outcome = "no_capacity"  # not the adapter's fault: every slot was busy
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.adapter_loads.labels(adapter.name, outcome).inc()
+                if outcome == "success":
+                    self.metrics.adapter_load_seconds.labels(adapter.name).observe(time.perf_counter() - started)
+            self._publish()
+
+    def _publish(self) -> None:
+        if self.metrics is not None:
+            for adapter in self._adapters.values():
+                self.metrics.adapter_resident.labels(adapter.name).set(1 if adapter.resident else 0)
+
+    async def _load_once(self, adapter: _Adapter) -> None:
         settings = self.settings
         spec = adapter.spec  # the files checked are the files loaded, even if a reload moves them meanwhile
         # Checked before anything is sent: a bad adapter never reaches vLLM.
@@ -257,6 +289,12 @@ class AdapterManager:
         if status not in (200, 404):  # 404: already gone, which is what we wanted
             raise UpstreamError(f"vLLM failed to unload adapter {adapter.name!r} ({status}): {error_message(body)[0]}")
         adapter.resident = False
+        if self.metrics is not None:
+            reason = "eviction" if adapter.declared else "removed"
+            self.metrics.adapter_unloads.labels(adapter.name, reason).inc()
+            if adapter.declared:
+                self.metrics.adapter_evictions.labels(adapter.name).inc()
+        self._publish()
         log.info("adapter %s evicted from %s", adapter.name, self.upstream.url)
 
 

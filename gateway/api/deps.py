@@ -29,7 +29,8 @@ def admin_identity(who: Annotated[Identity, Depends(identity)]) -> Identity:
 
 
 def request_context(request: Request, who: Annotated[Identity, Depends(identity)]) -> RequestContext:
-    return RequestContext(request_id=request.scope["state"]["request_id"], tenant=who.tenant, headers=request.headers)
+    state = request.scope["state"]
+    return RequestContext(state["request_id"], who.tenant, request.headers, state["arrived"])
 
 
 async def request_body(request: Request, parts: Annotated[Components, Depends(components)]) -> bytes:

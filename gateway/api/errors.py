@@ -23,6 +23,9 @@ def render(exc: TurnoutError) -> Response:
 
 async def _turnout_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TurnoutError)
+    components = getattr(request.app.state, "components", None)
+    if components is not None:
+        components.accounting.count_error(exc)  # once: a request's ledger may have counted it already
     if exc.status >= 500:
         log.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
     return render(exc)

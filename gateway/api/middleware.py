@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +28,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        arrived = time.perf_counter()  # the start of the gateway's own time on this request
         request_id = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -35,7 +37,8 @@ class RequestIdMiddleware:
                 break
         if not request_id:
             request_id = uuid.uuid4().hex.encode()
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        state = scope.setdefault("state", {})
+        state["request_id"], state["arrived"] = request_id.decode(), arrived
 
         started = False
 

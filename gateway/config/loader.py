@@ -69,6 +69,26 @@ def _file_problems(config: TurnoutConfig, file: Path) -> list[str]:
         problems.append(
             f"{file}: embeddings.model: {model!r} is neither {PACKAGED_EMBEDDER!r} nor a local model directory"
         )
+    return problems + _price_problems(config, file)
+
+
+def _price_problems(config: TurnoutConfig, file: Path) -> list[str]:
+    """Every OpenAI model a policy names needs a price (litellm's map or costs.openai.models)."""
+    from gateway.accounting.prices import PriceError, litellm_price_map, openai_price
+
+    used = [
+        (f"policies.{name}.{at}", target.openai)
+        for name, policy in config.policies.items()
+        for at, target in policy.targets()
+        if target.openai is not None
+    ]
+    prices = litellm_price_map() if any(model not in config.costs.openai.models for _, model in used) else {}
+    problems = []
+    for at, model in used:
+        try:
+            openai_price(model, config.costs, prices)
+        except PriceError as exc:
+            problems.append(f"{file}: {at}: {exc}")
     return problems
 
 

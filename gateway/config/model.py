@@ -227,6 +227,54 @@ class OpenAIConfig(Section):
     timeout_s: float = Field(120.0, gt=0, description="Seconds an OpenAI request may take.")
 
 
+class VllmCostConfig(Section):
+    gpu_hour_usd: float = Field(
+        0.0,
+        ge=0,
+        description="What one GPU costs per hour (on-demand or amortised). 0 leaves self-hosted routes unpriced.",
+    )
+    gpus_per_replica: int = Field(1, ge=1, le=64, description="GPUs behind one vLLM replica.")
+    prompt_tokens_per_second: float = Field(
+        5000.0,
+        gt=0,
+        description="Prompt tokens one replica processes per second at its usual load (measure it).",
+    )
+    completion_tokens_per_second: float = Field(
+        500.0,
+        gt=0,
+        description="Completion tokens one replica generates per second at its usual load, summed over the batch.",
+    )
+
+
+class TokenPriceConfig(Section):
+    input: float = Field(ge=0, description="US dollars per million prompt tokens.")
+    output: float = Field(ge=0, description="US dollars per million completion tokens.")
+    cached_input: float | None = Field(
+        None, ge=0, description="US dollars per million cached prompt tokens; defaults to input."
+    )
+
+
+class OpenAICostConfig(Section):
+    models: dict[str, TokenPriceConfig] = Field(
+        default_factory=dict,
+        description="Prices by OpenAI model id, overriding the price map litellm ships (needed for models it "
+        "does not know).",
+    )
+
+
+class RagCostConfig(Section):
+    embedding_usd_per_1m_tokens: float = Field(
+        0.0, ge=0, description="US dollars per million tokens of query embedding."
+    )
+    search_usd_per_query: float = Field(0.0, ge=0, description="US dollars per vector search.")
+
+
+class CostsConfig(Section):
+    vllm: VllmCostConfig = Field(default_factory=VllmCostConfig)
+    openai: OpenAICostConfig = Field(default_factory=OpenAICostConfig)
+    rag: RagCostConfig = Field(default_factory=RagCostConfig)
+
+
 class TurnoutConfig(BaseSettings):
     """The whole configuration file."""
 
@@ -245,6 +293,9 @@ class TurnoutConfig(BaseSettings):
     rag: RagConfig = Field(default_factory=RagConfig)
     openai: OpenAIConfig = Field(
         default_factory=OpenAIConfig, description="Where openai: targets go (without a key: OPENAI_API_KEY)."
+    )
+    costs: CostsConfig = Field(
+        default_factory=CostsConfig, description="Prices that turn each request's usage into US dollars."
     )
     intents: dict[ModelName, IntentSpec] = Field(
         default_factory=dict, description="Semantic intents: example utterances and a similarity threshold."

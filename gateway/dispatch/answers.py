@@ -2,8 +2,8 @@
 
 A RAG rule that refuses for lack of context still answers in the OpenAI format (streaming or not),
 so chat clients show the refusal like any reply. Citations ride along where the ``openai`` client
-keeps unknown fields: on the message (or the completion choice), and in a stream as one extra chunk
-with no choices just before ``data: [DONE]``.
+keeps unknown fields: on the message (or the completion choice), and in a stream in the closing event
+(see :mod:`gateway.dispatch.events`).
 """
 
 from __future__ import annotations
@@ -71,12 +71,10 @@ def written_answer(endpoint: Endpoint, model: str, text: str, stream: bool) -> S
             "usage": usage,
         }
         return StaticAnswer(orjson.dumps(body), "application/json")
-    events = [
-        b"data: "
-        + orjson.dumps({"id": ident, "object": chunk_obj, "created": created, "model": model, "choices": [delta]})
-        + b"\n\n"
-        for delta in deltas
-    ]
+    head = {"id": ident, "object": chunk_obj, "created": created, "model": model}
+    # the usage event is passed on (or not) like an upstream's, by what the client asked for
+    bodies = [{**head, "choices": [delta]} for delta in deltas] + [{**head, "choices": [], "usage": usage}]
+    events = [b"data: " + orjson.dumps(body) + b"\n\n" for body in bodies]
     return StaticAnswer(b"".join(events) + _DONE + b"\n\n", "text/event-stream")
 
 
@@ -95,48 +93,3 @@ def with_citations(content: bytes, endpoint: Endpoint, citations: list[dict[str,
                 holder["citations"] = citations
     body["citations"] = citations
     return orjson.dumps(body)
-
-
-async def stream_with_citations(
-    chunks: AsyncIterator[bytes], endpoint: Endpoint, citations: list[dict[str, Any]]
-) -> AsyncIterator[bytes]:
-    """Pass SSE events through unchanged, adding one citations event just before ``data: [DONE]``.
-
-    Events are re-split on their blank-line boundaries (an upstream write may hold several or half of
-    one), but never re-serialised."""
-    buffer = b""
-    meta: dict[str, Any] | None = None
-    async for chunk in chunks:
-        buffer += chunk
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            if event.strip() == _DONE:
-                yield _citation_event(meta, endpoint, citations)
-            elif meta is None and event.startswith(b"data: {"):
-                meta = _first_event_meta(event)
-            yield event + b"\n\n"
-    if buffer:
-        yield buffer
-
-
-def _first_event_meta(event: bytes) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(event[len(b"data: ") :])
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {k: data[k] for k in ("id", "object", "created", "model") if k in data}
-
-
-def _citation_event(meta: dict[str, Any] | None, endpoint: Endpoint, citations: list[dict[str, Any]]) -> bytes:
-    event = {
-        "id": f"cite-{uuid.uuid4().hex}",
-        "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
-        "created": int(time.time()),
-        "model": "",
-        **(meta or {}),
-        "choices": [],
-        "citations": citations,
-    }
-    return b"data: " + orjson.dumps(event) + b"\n\n"

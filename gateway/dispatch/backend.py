@@ -7,10 +7,12 @@ the backend held for the request (an adapter lease, the connection).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.accounting.ledger import Ledger
 from gateway.adapters.manager import AdapterManager
 from gateway.api.protocol import UPSTREAM_PATHS, Endpoint
 from gateway.dispatch.shaping import shape_body
@@ -37,12 +39,14 @@ class Answer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One request as the backends see it: the client's bytes, parsed body and routing features."""
+    """One request as the backends see it: the client's bytes, parsed body and routing features, and the
+    ledger where backends note the time they spend waiting on others and what they used."""
 
     endpoint: Endpoint
     raw: bytes
     data: dict[str, Any]
     features: RequestFeatures
+    ledger: Ledger
 
     @property
     def path(self) -> str:
@@ -90,10 +94,19 @@ class VllmBackend:
 
     async def open_body(self, target: Target, call: Call, body: bytes) -> Opened:
         """Send ``body`` (already shaped for ``target``) for ``call``."""
-        path, request_id = call.path, call.features.request_id or None
+        path, request_id, ledger, clock = call.path, call.features.request_id or None, call.ledger, time.perf_counter
         if target.kind is not TargetKind.ADAPTER:
-            return Opened(await self.upstream.open(path, body, model=target.name, request_id=request_id))
-        lease = await self.adapters.acquire(target.name)
+            started = clock()
+            try:
+                return Opened(await self.upstream.open(path, body, model=target.name, request_id=request_id))
+            finally:
+                ledger.upstream_s += clock() - started
+        started = clock()
+        try:
+            lease = await self.adapters.acquire(target.name)  # a load, when the adapter is not resident
+        finally:
+            sent = clock()
+            ledger.excluded_s += sent - started
         try:
             try:
                 response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
@@ -103,6 +116,8 @@ class VllmBackend:
                 await self.adapters.heal(target.name)
                 lease = await self.adapters.acquire(target.name)
                 response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
+            finally:
+                ledger.upstream_s += clock() - sent
         except BaseException:
             lease.release()
             raise

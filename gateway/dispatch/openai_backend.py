@@ -9,6 +9,7 @@ the answer is handed back, so a failure before the first byte can still fall bac
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ class OpenAIBackend:
             self._lib = litellm
         return self._lib
 
+    def count_tokens(self, model: str, text: str) -> int:
+        """Tokens in ``text`` by ``model``'s tokenizer, as litellm counts them (for usage estimates)."""
+        return int(self._litellm().token_counter(model=model, text=text))
+
     def api_key(self) -> str:
         config = self.config
         if config.api_key is not None:
@@ -106,6 +111,7 @@ class OpenAIBackend:
             "stream": stream,
             **params,
         }
+        started = time.perf_counter()
         try:
             if call.endpoint == "chat":
                 response = await litellm.acompletion(messages=data["messages"], **common)
@@ -119,6 +125,8 @@ class OpenAIBackend:
             raise
         except Exception as exc:  # litellm raises its own tree; map it by kind
             raise _mapped(exc, target.name) from exc
+        finally:
+            call.ledger.upstream_s += time.perf_counter() - started
         return Opened(LiteLLMStream(first, iterator))
 
 

@@ -9,7 +9,8 @@ cannot duplicate output.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from types import MappingProxyType
@@ -17,8 +18,9 @@ from typing import Any
 
 from starlette.responses import Response
 
+from gateway.accounting.ledger import CLIENT_LEFT, Accounting
 from gateway.api.protocol import Endpoint, parse_request
-from gateway.dispatch.answers import stream_with_citations, with_citations
+from gateway.dispatch.answers import with_citations
 from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
 from gateway.dispatch.shaping import request_features
 from gateway.dispatch.streaming import BufferedAnswer, PassThroughStream
@@ -36,6 +38,7 @@ class RequestContext:
     request_id: str
     tenant: str | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    started: float = field(default_factory=time.perf_counter)  # when the request arrived (perf_counter)
 
 
 @dataclass(slots=True)
@@ -53,10 +56,18 @@ class CompletionService:
     Each request reads ``table`` once and keeps that table to the end, so a reload never changes the
     rules under a request that is halfway through them."""
 
-    def __init__(self, table: RoutingTable, backends: Mapping[TargetKind, Backend], embedder: Embedder | None) -> None:
+    def __init__(
+        self,
+        table: RoutingTable,
+        backends: Mapping[TargetKind, Backend],
+        embedder: Embedder | None,
+        accounting: Accounting,
+    ) -> None:
         self.table = table
         self.backends = backends
         self.embedder = embedder
+        self.accounting = accounting
+        self.metrics = accounting.metrics
 
     async def features(
         self, endpoint: Endpoint, raw: bytes, ctx: RequestContext, table: RoutingTable
@@ -91,21 +102,29 @@ class CompletionService:
         return explained
 
     async def complete(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Response:
-        routed = await self.route(endpoint, raw, ctx)
-        call = Call(endpoint, raw, routed.data, routed.features)
-        if not routed.stream:
-            # A non-streaming answer arrives only when generation is done: it is opened inside the
-            # response, which watches the client meanwhile and stops the upstream if the client leaves.
-            return BufferedAnswer(partial(self.open, call, routed, ctx))
-        opened, headers = await self.open(call, routed, ctx)
-        transform = None
-        citations = opened.citations
-        if citations is not None:
-
-            def transform(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-                return stream_with_citations(chunks, endpoint, citations)
-
-        return PassThroughStream(opened, headers, transform)
+        ledger = self.accounting.open(endpoint, ctx.started)
+        try:
+            routed = await self.route(endpoint, raw, ctx)
+            decision = routed.decision
+            ledger.routed(routed.features.model, routed.data, routed.stream)
+            self.metrics.decisions.labels(routed.features.model, decision.rule).inc()
+            call = Call(endpoint, raw, routed.data, routed.features, ledger)
+            if not routed.stream:
+                # A non-streaming answer arrives only when generation is done: it is opened inside the
+                # response, which watches the client meanwhile and stops the upstream if the client leaves.
+                return BufferedAnswer(partial(self.open, call, routed, ctx), ledger)
+            opened, headers = await self.open(call, routed, ctx)
+        except TurnoutError as exc:
+            ledger.fail(exc)
+            raise
+        except Exception:
+            ledger.finish(500)  # a bug: the middleware answers it
+            raise
+        except BaseException:
+            ledger.finish(CLIENT_LEFT)  # cancelled: the client left while the stream was being opened
+            raise
+        headers["x-turnout-overhead-ms"] = f"{ledger.overhead_s() * 1000:.3f}"
+        return PassThroughStream(opened, headers, ledger, opened.citations)
 
     async def open(self, call: Call, routed: Routed, ctx: RequestContext) -> tuple[Opened, dict[str, str]]:
         """Open the answer for the decision, following rules that pass the request on."""
@@ -138,17 +157,20 @@ class CompletionService:
                 headers["x-turnout-passed-rules"] = ",".join(passed)
             if failed:
                 headers["x-turnout-fallback-from"] = ",".join(failed)
+            call.ledger.target = target
             try:
                 opened = await self.backends[target.kind].open(target, call)
             except PassToNextRule:
                 if position == 0:
                     raise
                 failed.append(target.label)  # a fallback with nothing to say: try the next one
+                self.metrics.fallbacks.labels(call.features.model, target.label, "empty_retrieval").inc()
                 continue
             except TurnoutError as exc:
                 if isinstance(exc, RetrievalUnavailable):
                     headers["x-turnout-degraded"] = "retrieval"
                 if exc.falls_back and position + 1 < len(chain):
+                    self.metrics.fallbacks.labels(call.features.model, target.label, exc.code or exc.error_type).inc()
                     log.warning(
                         "request %s: %s failed (%s), trying %s",
                         ctx.request_id,
@@ -160,6 +182,7 @@ class CompletionService:
                     continue
                 exc.headers.update(headers)
                 raise
+            call.ledger.opened = True
             headers.update(opened.headers)
             if any(label.endswith("(retrieval)") for label in failed):
                 headers["x-turnout-degraded"] = "retrieval"

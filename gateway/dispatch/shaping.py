@@ -54,7 +54,12 @@ def request_features(
 
 def shape_body(raw: bytes, data: dict[str, Any], endpoint: Endpoint, target: Target, upstream_model: str) -> bytes:
     """The body to send for ``target``: the client's bytes when nothing changes, else a rewritten copy."""
-    if data.get("model") == upstream_model and target.system_prompt is None and not target.caps:
+    if (
+        data.get("model") == upstream_model
+        and target.system_prompt is None
+        and not target.caps
+        and (not data.get("stream") or _asks_usage(data))
+    ):
         return raw
     return orjson.dumps(shape_data(data, endpoint, target, upstream_model))
 
@@ -63,6 +68,11 @@ def shape_data(data: dict[str, Any], endpoint: Endpoint, target: Target, upstrea
     """A copy of the request body shaped for ``target`` (the client's own dict is never changed)."""
     caps = target.caps
     body = {**data, "model": upstream_model}
+    if body.get("stream") and not _asks_usage(body):
+        # Every stream is costed from the upstream's own usage figures; the client sees them only if it
+        # asked (gateway.dispatch.events drops them otherwise).
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     if target.system_prompt is not None:
         _add_system_prompt(body, endpoint, target.system_prompt)
     if caps.max_tokens is not None:
@@ -78,6 +88,11 @@ def shape_data(data: dict[str, Any], endpoint: Endpoint, target: Target, upstrea
             # absent means the backend's default of 1.0, which the cap also bounds
             body[key] = min(given if isinstance(given, int | float) else 1.0, cap)
     return body
+
+
+def _asks_usage(data: dict[str, Any]) -> bool:
+    options = data.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _add_system_prompt(body: dict[str, Any], endpoint: Endpoint, prompt: str) -> None:

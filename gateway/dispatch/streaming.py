@@ -9,13 +9,18 @@ needs and the adapter lease is released exactly once.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.accounting.ledger import CLIENT_LEFT, Ledger, dollars
+from gateway.accounting.usage import usage_of_body
 from gateway.dispatch.backend import Opened
+from gateway.dispatch.events import accounted_events
 from gateway.errors import TurnoutError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("turnout.stream")
@@ -26,31 +31,37 @@ class PassThroughStream(Response):
         self,
         opened: Opened,
         headers: Mapping[str, str],
-        transform: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
+        ledger: Ledger,
+        citations: list[dict[str, Any]] | None = None,
     ) -> None:
         self.opened = opened
-        self.transform = transform
+        self.ledger = ledger
+        self.delivered = False  # every upstream chunk reached the client
+        self.citations = citations
         self.status_code = opened.response.status
         self.media_type = opened.response.content_type
         self.background = None
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.delivered = False
         try:
             await _until_done_or_disconnect(self._pump(send), receive)
         finally:
             self.opened.close()
+            # the client may hang up as soon as it has read [DONE], before the stream's formal end
+            self.ledger.finish(self.status_code if self.delivered else CLIENT_LEFT)
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         tail = b"\n\n"
         try:
-            chunks = self.opened.response.chunks()
-            if self.transform is not None:
-                chunks = self.transform(chunks)
-            async for chunk in chunks:
+            async for chunk in accounted_events(self.opened.response.chunks(), self.ledger, self.citations):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 tail = chunk[-2:] or tail
+                if chunk.startswith(b"data: [DONE]"):
+                    self.delivered = True
+            self.delivered = True
         except Exception as exc:  # any backend's failure mid-stream (aiohttp, litellm) is told the same way
             # Headers are gone already, so the failure is told in-band, as an SSE error event the
             # openai client raises as an APIError, rather than as a silently truncated stream.
@@ -62,6 +73,9 @@ class PassThroughStream(Response):
                 error = UpstreamTimeout("the upstream went silent mid-stream")
             else:
                 error = UpstreamError(f"the upstream broke off the stream ({exc.__class__.__name__})")
+            self.ledger.accounts.count_error(error)
+            self.status_code = error.status  # as the request metrics see it: the stream failed
+            self.delivered = True
             # end the half-sent event first, so the error is an event of its own the client can parse
             prefix = b"" if tail == b"\n\n" else b"\n\n"
             event = prefix + b"data: " + error.body() + b"\n\n"
@@ -78,44 +92,64 @@ class BufferedAnswer(Response):
     since the route has already returned this response.
     """
 
-    def __init__(self, open_answer: Callable[[], Awaitable[tuple[Opened, dict[str, str]]]]) -> None:
+    def __init__(self, open_answer: Callable[[], Awaitable[tuple[Opened, dict[str, str]]]], ledger: Ledger) -> None:
         self.open_answer = open_answer
+        self.ledger = ledger
         self.status_code = 200
         self.background = None
         self.init_headers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         opened: Opened | None = None
+        ledger = self.ledger
+        status = CLIENT_LEFT
 
         async def deliver() -> None:
-            nonlocal opened
+            nonlocal opened, status
             try:
                 opened, headers = await self.open_answer()
+                waited = time.perf_counter()
                 body = await opened.response.read()
+                ledger.upstream_s += time.perf_counter() - waited
+                usage = usage_of_body(body)
+                if usage is None:
+                    ledger.events.append(body)  # counted with the tokenizer instead
+                headers["x-turnout-cost-usd"] = dollars(ledger.settle(usage))
+                if ledger.usage is not None and ledger.usage.estimated:
+                    headers["x-turnout-usage-estimated"] = "true"
                 if opened.finish is not None:
                     body = opened.finish(body)
                 status, content_type = opened.response.status, opened.response.content_type
+                headers["x-turnout-overhead-ms"] = f"{ledger.overhead_s() * 1000:.3f}"
             except TurnoutError as exc:
+                ledger.fail(exc)
                 status, content_type, body, headers = exc.status, "application/json", exc.body(), exc.headers
             raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
             raw += [(b"content-type", content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
             await send({"type": "http.response.start", "status": status, "headers": raw})
             await send({"type": "http.response.body", "body": body})
 
+        completed = False
         try:
-            await _until_done_or_disconnect(deliver(), receive)
+            completed = await _until_done_or_disconnect(deliver(), receive)
         finally:
             if opened is not None:
                 opened.close()
+            ledger.finish(status if completed else CLIENT_LEFT)
 
 
-async def _until_done_or_disconnect(work: Awaitable[None], receive: Receive) -> None:
-    """Run ``work`` until it ends or the client disconnects, whichever comes first (the other is cancelled)."""
+async def _until_done_or_disconnect(work: Awaitable[None], receive: Receive) -> bool:
+    """Run ``work`` until it ends or the client disconnects, whichever comes first (the other is cancelled).
+
+    True when ``work`` ran to its end."""
+    done = False
     try:
         async with anyio.create_task_group() as group:
 
             async def run() -> None:
+                nonlocal done
                 await work
+                done = True
                 group.cancel_scope.cancel()
 
             group.start_soon(run)
@@ -123,6 +157,7 @@ async def _until_done_or_disconnect(work: Awaitable[None], receive: Receive) -> 
             group.cancel_scope.cancel()
     except* OSError:
         pass  # the client went away mid-write (anyio groups it); the caller's finally releases the upstream
+    return done
 
 
 async def _until_disconnect(receive: Receive) -> None:

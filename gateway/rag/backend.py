@@ -44,13 +44,20 @@ class RagBackend:
         top_k = options.top_k or collection.top_k
         threshold = options.score_threshold if options.score_threshold is not None else collection.score_threshold
         on_empty = options.on_empty or collection.on_empty
+        ledger = call.ledger
         started = time.perf_counter()
         try:
             hits = await self._retrieve(target.name, call, top_k, threshold)
         except RetrievalUnavailable:
             self.metrics.retrieval_degraded.labels(target.name).inc()
             raise
+        finally:
+            ledger.excluded_s += time.perf_counter() - started
         self.metrics.retrieval_seconds.labels(target.name).observe(time.perf_counter() - started)
+        ledger.retrievals += 1
+        if ledger.accounts.prices.embedding_per_token > 0:
+            # every retrieval pays for its query's embedding, cached or not, so the price is stable
+            ledger.embedding_tokens += await self.embedder.run(self.embedder.count_tokens, call.features.text)
         if not hits:
             self.metrics.retrieval_empty.labels(target.name).inc()
         headers = {"x-turnout-citations": str(len(hits)), "x-turnout-retrieval": "hits" if hits else "empty"}

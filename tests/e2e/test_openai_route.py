@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import localstack
 import openai
 import pytest
+import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.config import ConfigError, load_config
 from tests.support.gateway import GatewayProcess
 from tests.support.stack import FINE_TUNE, gateway_config
 
@@ -61,6 +66,56 @@ def test_fine_tune_answers_through_litellm_streaming_and_not(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == direct.choices[0].message.content
     assert any(c.usage is not None and c.usage.completion_tokens == 6 for c in chunks)
+
+
+def _litellm_prices(model: str) -> tuple[float, float]:
+    """Input and output dollars per token for ``model`` from the price file litellm ships, read here."""
+    spec = importlib.util.find_spec("litellm")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "model_prices_and_context_window_backup.json"
+    entry = json.loads(path.read_text())[model]
+    return float(entry["input_cost_per_token"]), float(entry["output_cost_per_token"])
+
+
+def test_fine_tune_requests_are_costed_at_their_price(
+    vllm: Any, assets: Path, tmp_path: Path, start_gateway: Any
+) -> None:
+    """A fine-tune costs what litellm's map says for ``ft:<base>``, streaming or not; an override wins."""
+    config = _config(vllm.url, assets, vllm.url + "/v1", tmp_path)
+    gateway = start_gateway(config)
+    client = _client(gateway)
+    input_price, output_price = _litellm_prices("ft:gpt-4o-mini-2024-07-18")
+    raw = client.chat.completions.with_raw_response.create(model="hosted", messages=PROMPT, max_tokens=6)
+    usage = raw.parse().usage
+    assert usage is not None
+    expected = usage.prompt_tokens * input_price + usage.completion_tokens * output_price
+    assert math.isclose(float(raw.headers["x-turnout-cost-usd"]), expected, rel_tol=1e-6)
+
+    chunks = list(client.chat.completions.create(model="hosted", messages=PROMPT, max_tokens=6, stream=True))
+    assert all(c.usage is None for c in chunks), "the client did not ask for usage"
+    closing = (chunks[-1].model_extra or {})["turnout"]
+    assert closing["estimated"] is False
+    assert math.isclose(closing["cost_usd"], usage.prompt_tokens * input_price + 6 * output_price, rel_tol=1e-6)
+
+    config["costs"]["openai"] = {"models": {FINE_TUNE: {"input": 1.0, "output": 2.0}}}  # per million tokens
+    priced = _client(start_gateway(config)).chat.completions.with_raw_response.create(
+        model="hosted", messages=PROMPT, max_tokens=6
+    )
+    overridden = (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6
+    assert math.isclose(float(priced.headers["x-turnout-cost-usd"]), overridden, rel_tol=1e-6)
+
+
+def test_an_openai_model_without_a_price_is_a_config_error(tmp_path: Path, assets: Path) -> None:
+    config = gateway_config("http://127.0.0.1:9", assets)
+    config["policies"] = {"mystery": {"default": "openai:ft:no-such-base:acme::x1"}}
+    path = tmp_path / "turnout.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(
+        "policies.mystery.default" in p and "costs.openai.models" in p and str(path) in p for p in caught.value.problems
+    )
 
 
 def test_a_fallback_rescues_a_request_whose_first_target_is_down(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,13 @@ def _aborted_in_log(vllm: Any, request_id: str) -> bool:
     )
 
 
+def _events(stream: bytes) -> list[bytes]:
+    return [event for event in stream.split(b"\n\n") if event]
+
+
 def test_stream_bytes_are_unchanged(proxy: RecordingProxy, assets: Path, start_gateway: Any) -> None:
-    """What the client receives is byte for byte what vLLM sent the gateway (seen by a recording proxy)."""
+    """What the client receives is byte for byte what vLLM sent the gateway (seen by a recording proxy),
+    except the usage event, which also carries the request's cost."""
     gateway = start_gateway(gateway_config(proxy.url, assets))
     for model in (BASE, ADAPTERS[1]):
         body = {
@@ -45,8 +51,35 @@ def test_stream_bytes_are_unchanged(proxy: RecordingProxy, assets: Path, start_g
         assert received.headers["content-type"].startswith("text/event-stream")
         sent = [c for c in proxy.calls if c.path == "/v1/chat/completions"]
         assert len(sent) == 1
-        assert received.content == bytes(sent[0].response)
-        assert received.text.rstrip().endswith("data: [DONE]")
+        ours, theirs = _events(received.content), _events(bytes(sent[0].response))
+        assert len(ours) == len(theirs)
+        assert ours[:-2] == theirs[:-2]  # every content event, untouched
+        assert ours[-1] == theirs[-1] == b"data: [DONE]"
+        usage_event, upstream_usage = json.loads(ours[-2][6:]), json.loads(theirs[-2][6:])
+        accounted = usage_event.pop("turnout")
+        assert usage_event == upstream_usage  # the usage object is exactly vLLM's
+        assert upstream_usage["usage"]["completion_tokens"] == 12
+        assert accounted["estimated"] is False
+        assert accounted["cost_usd"] > 0
+
+
+def test_stream_without_usage_asked_gets_the_cost_but_no_usage(
+    proxy: RecordingProxy, assets: Path, start_gateway: Any
+) -> None:
+    """The gateway asks vLLM for usage on every stream; a client that did not ask never sees it."""
+    gateway = start_gateway(gateway_config(proxy.url, assets))
+    body = {"model": BASE, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 8, "stream": True}
+    proxy.clear()
+    received = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=120)
+    sent = [c for c in proxy.calls if c.path == "/v1/chat/completions"]
+    assert sent[0].body["stream_options"] == {"include_usage": True}
+    events = [json.loads(e[6:]) for e in _events(received.content)[:-1]]
+    assert all("usage" not in e or e["usage"] is None for e in events)
+    closing = events[-1]
+    assert closing["choices"] == []
+    assert closing["turnout"]["cost_usd"] > 0
+    assert closing["turnout"]["estimated"] is False
+    assert all("turnout" not in e for e in events[:-1])
 
 
 def test_client_disconnect_mid_stream_aborts_the_generation(vllm: Any, gateway: GatewayProcess) -> None:

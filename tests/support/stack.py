@@ -23,6 +23,8 @@ def gateway_config(vllm_url: str, assets: Path, *, adapters: tuple[str, ...] = A
             **vllm,
         },
         "base_model": {"path": str(assets / "model"), "aliases": ["turnout/tiny-llama"]},
+        # an L4-class GPU at its on-demand price, so self-hosted routes cost something to check
+        "costs": {"vllm": {"gpu_hour_usd": 0.8, "prompt_tokens_per_second": 4000, "completion_tokens_per_second": 400}},
         "adapters": {
             name: {"path": str(assets / "adapters" / name), "description": f"{name} tone"} for name in adapters
         },

@@ -1,0 +1,119 @@
+"""A stream's SSE events on their way to the client: timed, accounted, and closed with Turnout's event.
+
+Events are passed through as the upstream wrote them (re-split on blank lines, since one upstream write
+may hold several events or half of one, but never re-serialised), with three exceptions at the end:
+
+- the upstream's usage event (the gateway always asks for one) reaches the client only if the client
+  asked for usage (``stream_options.include_usage``), and then unchanged apart from Turnout's fields;
+- one last event before ``data: [DONE]`` carries ``turnout.cost_usd`` (and ``citations`` on RAG
+  routes). It has no choices, like the usage event, so the ``openai`` client reads it as a chunk and
+  keeps the extra fields. When the client asked for usage, this is the usage event itself;
+- when the upstream sent no usage, the figures are counted here, marked ``turnout.estimated``, and
+  given to a client that asked for usage in that same last event.
+
+The time spent waiting for each upstream chunk is the upstream's, not the gateway's (see the ledger).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.usage import usage_of
+
+_DONE = b"data: [DONE]"
+_USAGE = b'"usage":{'
+_ROLE_ONLY = (b'"role":"assistant"', b'"content":""')  # the first chat chunk announces the role, no text yet
+
+
+async def accounted_events(
+    chunks: AsyncIterator[bytes], ledger: Ledger, citations: list[dict[str, Any]] | None
+) -> AsyncIterator[bytes]:
+    clock = time.perf_counter
+    iterator = aiter(chunks)
+    buffer = b""
+    meta: dict[str, Any] | None = None
+    held: dict[str, Any] | None = None  # the upstream's usage event (no choices), parsed
+    events = ledger.events
+    while True:
+        waited = clock()
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
+            ledger.upstream_s += clock() - waited
+            break
+        ledger.upstream_s += clock() - waited
+        buffer = buffer + chunk if buffer else chunk
+        while (cut := buffer.find(b"\n\n")) >= 0:
+            event, buffer = buffer[:cut], buffer[cut + 2 :]
+            if not event.startswith(b"data: "):
+                yield event + b"\n\n"  # comments, retry hints: not ours to judge
+                continue
+            if event.rstrip() == _DONE:
+                yield _closing_event(ledger, meta, held, citations)
+                yield event + b"\n\n"
+                continue
+            if meta is None:
+                meta = _event_meta(event)
+            if ledger.usage is None and _USAGE in event and (body := _parsed(event)) is not None:
+                ledger.usage = usage_of(body)
+                if ledger.usage is not None:
+                    if not body.get("choices"):
+                        held = body  # said in the closing event instead
+                        continue
+                    if not ledger.wants_usage:
+                        event = b"data: " + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
+            events.append(event)
+            if ledger.first_token_at is None and not all(part in event for part in _ROLE_ONLY):
+                ledger.first_token_at = clock()
+            yield event + b"\n\n"
+    if buffer:
+        yield buffer
+
+
+def _closing_event(
+    ledger: Ledger, meta: dict[str, Any] | None, held: dict[str, Any] | None, citations: list[dict[str, Any]] | None
+) -> bytes:
+    cost = ledger.settle(ledger.usage)
+    usage = ledger.usage
+    event: dict[str, Any]
+    if ledger.wants_usage and held is not None:
+        event = held
+    else:
+        event = {
+            "id": f"turnout-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk" if ledger.endpoint == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": "",
+            **(meta or {}),
+            "choices": [],
+        }
+        if ledger.wants_usage and usage is not None and usage.estimated:
+            event["usage"] = usage.as_openai()
+    if citations is not None:
+        event["citations"] = citations
+    event["turnout"] = {"cost_usd": cost, "estimated": bool(usage is not None and usage.estimated)}
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _parsed(event: bytes) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(event[len(b"data: ") :])
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _event_meta(event: bytes) -> dict[str, Any] | None:
+    body = _parsed(event)
+    if body is None:
+        return None
+    return {k: body[k] for k in ("id", "object", "created", "model") if k in body}
+
+
+__all__ = ["accounted_events"]
