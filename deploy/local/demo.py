@@ -56,6 +56,14 @@ reply = client.chat.completions.create(
 print(reply.choices[0].message.content)"""
 
 
+COST_EXAMPLE = """\
+curl -s -D - -o /dev/null http://127.0.0.1:8080/v1/chat/completions \
+  -H 'Content-Type: application/json' \
+  -d '{"model": "support-bot", "messages": [{"role": "user", "content": "Write a formal letter about my order."}], \
+       "max_tokens": 32}' | grep -i x-turnout
+curl -s http://127.0.0.1:8080/metrics | grep '^turnout_cost_dollars_total'"""
+
+
 RAG_EXAMPLE = """\
 curl -s http://127.0.0.1:8080/v1/chat/completions \\
   -H 'Content-Type: application/json' \\
@@ -144,6 +152,8 @@ def main() -> int:
             f"{PYTHON_EXAMPLE}\n\n"
             "A question the policy sends to retrieval, answered with citations to the handbook:\n\n"
             f"{RAG_EXAMPLE}\n\n"
+            "What a request cost, which route served it and what the gateway added; dollars per route:\n\n"
+            f"{COST_EXAMPLE}\n\n"
             f"Logs: {LOG_DIR}. Ctrl-C stops both servers.\n",
             flush=True,
         )

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.gateway import GatewayProcess
 from tests.support.recorder import RecordingProxy
@@ -82,8 +83,22 @@ def test_stream_without_usage_asked_gets_the_cost_but_no_usage(
     assert all("turnout" not in e for e in events[:-1])
 
 
+def _metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    """The sum of the gateway's samples of ``name`` whose labels include ``labels``."""
+    text = httpx.get(gateway.url + "/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def test_client_disconnect_mid_stream_aborts_the_generation(vllm: Any, gateway: GatewayProcess) -> None:
-    for model in (BASE, ADAPTERS[0]):
+    for model, kind in ((BASE, "base"), (ADAPTERS[0], "adapter")):
+        left = _metric(gateway, "turnout_requests_total", route_kind=kind, status="499")
+        estimated = _metric(gateway, "turnout_usage_estimated_total", route_kind=kind)
+        prompt = _metric(gateway, "turnout_tokens_total", route_kind=kind, direction="prompt")
         with (
             httpx.Client(timeout=120) as client,
             client.stream("POST", gateway.url + "/v1/chat/completions", json={**LONG, "model": model}) as response,
@@ -100,6 +115,12 @@ def test_client_disconnect_mid_stream_aborts_the_generation(vllm: Any, gateway: 
             polls -= 1
             assert polls > 0, f"{model}: vLLM never aborted {request_id}:\n{vllm.log_tail()}"
             httpx.get(vllm.url + "/health", timeout=5)  # paces the polling on a real round trip
+        # No usage came back for the abandoned stream: it is counted as a 499 with estimated usage.
+        while _metric(gateway, "turnout_requests_total", route_kind=kind, status="499") == left:
+            polls -= 1
+            assert polls > 0, f"{model}: the gateway never recorded the abandoned stream"
+        assert _metric(gateway, "turnout_usage_estimated_total", route_kind=kind) == estimated + 1
+        assert _metric(gateway, "turnout_tokens_total", route_kind=kind, direction="prompt") > prompt  # counted here
 
 
 def test_client_leaving_a_non_streaming_request_aborts_the_generation(vllm: Any, gateway: GatewayProcess) -> None:
