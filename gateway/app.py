@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -11,9 +12,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from gateway.api import admin, completions, health, metrics, models, rag, route
+from gateway.api import admin, health, metrics, models, rag, route
+from gateway.api.completions import CompletionLane
 from gateway.api.errors import install_error_handlers
-from gateway.api.middleware import RequestIdMiddleware
+from gateway.api.middleware import RequestIdMiddleware, RequestIds
 from gateway.components import Components, build_components
 from gateway.config import TurnoutConfig
 from gateway.errors import TurnoutError
@@ -21,12 +23,17 @@ from gateway.errors import TurnoutError
 log = logging.getLogger("turnout")
 
 
-def create_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAPI:
+def create_app(config: TurnoutConfig, config_path: Path | None = None, ids: RequestIds | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             components = await build_components(config, config_path, stack)
             app.state.components = components
+            # Everything built so far lives as long as the process: move it out of the collector's sight,
+            # so a full collection under load scans the requests' garbage, not the whole heap (it
+            # otherwise stalls every request in flight for 100-200 ms on this kind of machine).
+            gc.collect()
+            gc.freeze()
             _reload_on_sighup(components, stack)
             yield
 
@@ -37,11 +44,17 @@ def create_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAP
         docs_url=None,
         redoc_url=None,
     )
-    for module in (completions, route, models, rag, health, metrics, admin):
+    for module in (route, models, rag, health, metrics, admin):
         app.include_router(module.router)
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, ids=ids or RequestIds())
     return app
+
+
+def create_asgi_app(config: TurnoutConfig, config_path: Path | None = None) -> CompletionLane:
+    """What the server runs: the completion endpoints' fast lane in front of the FastAPI app."""
+    ids = RequestIds()
+    return CompletionLane(create_app(config, config_path, ids), ids)
 
 
 def _reload_on_sighup(components: Components, stack: AsyncExitStack) -> None:

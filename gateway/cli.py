@@ -53,13 +53,13 @@ def serve(
     """Serve the OpenAI-compatible API."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_asgi_app
 
     settings = load_or_exit(config)
     server = settings.server
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
-        create_app(settings, config),
+        create_asgi_app(settings, config),
         host=host or server.host,
         port=port or server.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",

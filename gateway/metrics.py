@@ -63,6 +63,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self._routes: dict[tuple[str, str, str, str], RouteSeries] = {}
+        self._decisions: dict[tuple[str, str], Counter] = {}
         route = ["policy", "route_kind", "target"]
 
         # Requests, latency and what the gateway itself adds.
@@ -223,6 +224,14 @@ class Metrics:
         for name in collections:
             self.retrieval_empty.labels(name)
             self.retrieval_degraded.labels(name)
+
+    def decision(self, policy: str, rule: str) -> Counter:
+        """The decisions counter of (policy, rule), resolved once."""
+        key = (policy, rule)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(policy, rule)
+        return child
 
     def route(self, endpoint: str, policy: str, kind: str, target: str) -> RouteSeries:
         key = (endpoint, policy, kind, target)

@@ -42,6 +42,8 @@ class Accounting:
         self.metrics = metrics
         self.prices = prices
         self.counter = counter
+        self.in_flight = 0  # read by the gauge at scrape time: no lock taken per request
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     def open(self, endpoint: Endpoint, started: float) -> Ledger:
         return Ledger(self, endpoint, started)
@@ -94,7 +96,7 @@ class Ledger:
         self.events: list[bytes] = []  # a stream's data events, kept for an estimate if no usage comes
         self.cost: float | None = None
         self.done = False
-        accounts.metrics.in_flight.inc()
+        accounts.in_flight += 1
 
     def routed(self, policy: str, data: dict[str, Any], stream: bool) -> None:
         self.policy, self.data, self.stream = policy, data, stream
@@ -144,7 +146,7 @@ class Ledger:
             return
         self.done = True
         metrics = self.accounts.metrics
-        metrics.in_flight.dec()
+        self.accounts.in_flight -= 1
         total = time.perf_counter() - self.started
         cost = self.settle(self.usage)
         target = self.target
@@ -168,12 +170,15 @@ class Ledger:
             series.completion_tokens.inc(usage.completion)
             if usage.estimated:
                 series.estimated.inc()
-        prices = self.accounts.prices
-        embedding = self.embedding_tokens * prices.embedding_per_token
-        search = self.retrievals * prices.search_per_query
-        series.cost_generation.inc(max(0.0, cost - embedding - search))
-        series.cost_embedding.inc(embedding)
-        series.cost_search.inc(search)
+        if cost:  # each increment takes a lock: none for what is zero
+            prices = self.accounts.prices
+            embedding = self.embedding_tokens * prices.embedding_per_token
+            search = self.retrievals * prices.search_per_query
+            series.cost_generation.inc(max(0.0, cost - embedding - search))
+            if embedding:
+                series.cost_embedding.inc(embedding)
+            if search:
+                series.cost_search.inc(search)
 
 
 __all__ = ["CLIENT_LEFT", "Accounting", "Ledger", "dollars"]

@@ -76,6 +76,8 @@ def prompt_texts(endpoint: Endpoint, data: dict[str, Any]) -> tuple[list[str], i
     if isinstance(prompt, str):
         return [prompt], 0
     if isinstance(prompt, list):
+        if all(isinstance(p, int) for p in prompt):
+            return [], len(prompt)  # one prompt given as token ids
         return [p for p in prompt if isinstance(p, str)], sum(len(p) for p in prompt if isinstance(p, list))
     return [], 0
 

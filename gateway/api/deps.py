@@ -1,55 +1,43 @@
-"""Typed accessors for what the lifespan built; routers depend on these, never on globals."""
+"""Typed accessors for what the lifespan built; routers depend on these, never on globals.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a thread pool, which costs
+more than the dependency itself on every request."""
 
 from __future__ import annotations
 
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
-from starlette.requests import ClientDisconnect
 
+from gateway.api.body import read_body
 from gateway.auth import Identity
 from gateway.components import Components
 from gateway.dispatch.service import RequestContext
-from gateway.errors import InvalidRequest, RequestTooLarge
 
 
-def components(request: Request) -> Components:
+async def components(request: Request) -> Components:
     return cast(Components, request.app.state.components)
 
 
-def identity(request: Request, parts: Annotated[Components, Depends(components)]) -> Identity:
+async def identity(request: Request, parts: Annotated[Components, Depends(components)]) -> Identity:
     return parts.auth.identify(request.headers.get("authorization"))
 
 
-def admin_identity(who: Annotated[Identity, Depends(identity)]) -> Identity:
+async def admin_identity(who: Annotated[Identity, Depends(identity)]) -> Identity:
     from gateway.auth import Authenticator
 
     Authenticator.require_admin(who)
     return who
 
 
-def request_context(request: Request, who: Annotated[Identity, Depends(identity)]) -> RequestContext:
+async def request_context(request: Request, who: Annotated[Identity, Depends(identity)]) -> RequestContext:
     state = request.scope["state"]
     return RequestContext(state["request_id"], who.tenant, request.headers, state["arrived"])
 
 
 async def request_body(request: Request, parts: Annotated[Components, Depends(components)]) -> bytes:
     """The body, refused with 413 as soon as it passes the configured size (never read whole first)."""
-    limit = parts.config.server.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge(f"the request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise InvalidRequest("the client closed the connection before sending the whole body") from None
-    return b"".join(chunks)
+    return await read_body(request.receive, request.headers.get("content-length"), parts.config.server.max_body_bytes)
 
 
 ComponentsDep = Annotated[Components, Depends(components)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query
@@ -19,9 +19,12 @@ from gateway.api.deps import BodyDep, ComponentsDep, IdentityDep
 from gateway.auth import Identity
 from gateway.components import Components
 from gateway.errors import CollectionNotFound, InvalidRequest, PermissionDenied, RetrievalUnavailable, TurnoutError
+from gateway.rag import SHARED
 from gateway.rag.documents import Document, document_from_mapping
-from gateway.rag.ingest import Ingestor
-from gateway.rag.store import SHARED, VectorStore
+
+if TYPE_CHECKING:  # the vector store client loads only in a gateway that has collections
+    from gateway.rag.ingest import Ingestor
+    from gateway.rag.store import VectorStore
 
 router = APIRouter(prefix="/v1/rag")
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")

@@ -16,6 +16,7 @@ The time spent waiting for each upstream chunk is the upstream's, not the gatewa
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +29,8 @@ from gateway.accounting.usage import usage_of
 
 _DONE = b"data: [DONE]"
 _USAGE = b'"usage":{'
-_ROLE_ONLY = (b'"role":"assistant"', b'"content":""')  # the first chat chunk announces the role, no text yet
+# an event that carries generated text (the first chat chunk only announces the role, with empty content)
+_GENERATED = re.compile(rb'"(?:content|text|reasoning_content)":"[^"]|"tool_calls":\[\{')
 
 
 async def accounted_events(
@@ -60,16 +62,16 @@ async def accounted_events(
                 continue
             if meta is None:
                 meta = _event_meta(event)
-            if ledger.usage is None and _USAGE in event and (body := _parsed(event)) is not None:
-                ledger.usage = usage_of(body)
-                if ledger.usage is not None:
-                    if not body.get("choices"):
-                        held = body  # said in the closing event instead
-                        continue
-                    if not ledger.wants_usage:
-                        event = b"data: " + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
+            if _USAGE in event and (body := _parsed(event)) is not None and (usage := usage_of(body)) is not None:
+                # the last figures count: with continuous usage stats every chunk carries running totals
+                ledger.usage = usage
+                if not body.get("choices"):
+                    held = body  # said in the closing event instead
+                    continue
+                if not ledger.wants_usage:
+                    event = b"data: " + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
             events.append(event)
-            if ledger.first_token_at is None and not all(part in event for part in _ROLE_ONLY):
+            if ledger.first_token_at is None and _GENERATED.search(event):
                 ledger.first_token_at = clock()
             yield event + b"\n\n"
     if buffer:

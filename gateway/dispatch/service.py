@@ -107,7 +107,7 @@ class CompletionService:
             routed = await self.route(endpoint, raw, ctx)
             decision = routed.decision
             ledger.routed(routed.features.model, routed.data, routed.stream)
-            self.metrics.decisions.labels(routed.features.model, decision.rule).inc()
+            self.metrics.decision(routed.features.model, decision.rule).inc()
             call = Call(endpoint, raw, routed.data, routed.features, ledger)
             if not routed.stream:
                 # A non-streaming answer arrives only when generation is done: it is opened inside the

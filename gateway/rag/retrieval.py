@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.rag.store import SHARED, VectorStore
+from gateway.rag import SHARED
+from gateway.rag.store import VectorStore
 
 FENCE_OPEN = "<<<REFERENCE DOCUMENTS"
 FENCE_CLOSE = "REFERENCE DOCUMENTS>>>"

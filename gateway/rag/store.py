@@ -21,8 +21,8 @@ from typing import Any
 from qdrant_client import AsyncQdrantClient, models
 
 from gateway.config.model import RagStoreConfig
+from gateway.rag import SHARED
 
-SHARED = ""  # the tenant of documents every caller may read
 _MANIFEST_SUFFIX = "__manifest"
 _SEP = "__t_"
 _SHARED_SUFFIX = "__shared"

@@ -8,13 +8,15 @@ The session is created in the app's lifespan and closed on shutdown.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import itertools
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.errors import (
     UpstreamError,
@@ -81,6 +83,9 @@ class Upstream:
         self._headers = {"content-type": "application/json"}
         if settings.api_key:
             self._headers["authorization"] = f"Bearer {settings.api_key}"
+        self._urls: dict[str, URL] = {}  # parsed once per path, not on every request
+        self._prefix = secrets.token_hex(3)
+        self._serial = itertools.count(1)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
         )
@@ -97,7 +102,7 @@ class Upstream:
         if request_id is None:
             headers = self._headers
         else:
-            headers = {**self._headers, "x-request-id": f"{request_id}-{uuid.uuid4().hex[:8]}"}
+            headers = {**self._headers, "x-request-id": f"{request_id}-{self._prefix}{next(self._serial):x}"}
         response = await self._send("POST", path, body, self._timeout, headers)
         if response.status < 300:
             return UpstreamResponse(response)
@@ -124,7 +129,9 @@ class Upstream:
     async def _send(
         self, method: str, path: str, body: bytes | None, limits: aiohttp.ClientTimeout, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
-        url = self.settings.url + path
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.settings.url + path)
         name = self.settings.name
         # One retry for a pooled connection the server closed while idle (a restarted server): nothing
         # reached the server on the failed attempt, so sending again cannot duplicate work.

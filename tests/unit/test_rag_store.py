@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config.model import RagStoreConfig
-from gateway.rag.store import SHARED, VectorStore, partition_name
+from gateway.rag import SHARED
+from gateway.rag.store import VectorStore, partition_name
 
 
 class Interrupted(Exception):
