@@ -32,7 +32,14 @@ CLIENT_LEFT = 499  # the status recorded when the client disconnects before the 
 
 def dollars(cost: float) -> str:
     """A dollar figure for a header: every digit of the float, in fixed point (never ``4.2e-06``)."""
-    return format(Decimal(repr(cost)), "f")
+    text = repr(cost)
+    mantissa, _, exponent = text.partition("e")
+    if not exponent:
+        return text
+    if exponent.startswith("-") and not mantissa.startswith("-"):
+        # what repr writes as d.ddde-N for the small figures requests cost, spelt out (no Decimal needed)
+        return "0." + "0" * (int(exponent[1:]) - 1) + mantissa.replace(".", "")
+    return format(Decimal(text), "f")
 
 
 class Accounting:

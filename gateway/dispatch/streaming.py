@@ -141,26 +141,34 @@ class BufferedAnswer(Response):
 async def _until_done_or_disconnect(work: Coroutine[Any, Any, None], receive: Receive) -> bool:
     """Run ``work`` until it ends or the client disconnects, whichever comes first; True if ``work`` ended.
 
-    Two plain tasks and one ``asyncio.wait``: an anyio task group does the same with cancel scopes, at
-    several times the cost, on every request."""
-    loop = asyncio.get_running_loop()
-    job = loop.create_task(work)
-    watcher = loop.create_task(_until_disconnect(receive))
+    ``work`` runs in the calling task; one small task waits for the disconnect and, if it comes first,
+    cancels the caller, so ``work`` stops at whatever it awaits (an adapter load, the upstream) and its
+    ``finally`` blocks run. This costs a third of an anyio task group or of two tasks and
+    ``asyncio.wait`` (measured: 8 against 22 microseconds a request), which every request pays."""
+    caller = asyncio.current_task()
+    assert caller is not None
+    finished = left = False
+
+    def on_disconnect(watch: asyncio.Task[None]) -> None:
+        nonlocal left
+        if not finished and not watch.cancelled() and watch.exception() is None:
+            left = True
+            caller.cancel()  # delivered at the caller's next step, inside ``work``
+
+    watcher = asyncio.get_running_loop().create_task(_until_disconnect(receive))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait((job, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not job.done():
-            job.cancel()  # the client left (or the server is stopping): stop the work
-            await asyncio.gather(job, return_exceptions=True)  # let it unwind before the caller releases
-    if job.cancelled():
-        return False
-    error = job.exception()
-    if error is None:
+        await work
         return True
-    if isinstance(error, OSError):
+    except asyncio.CancelledError:
+        if not left or caller.uncancel() > 0:
+            raise  # cancelled from outside as well (the server is stopping): not ours to swallow
+        return False
+    except OSError:
         return False  # the client went away mid-write; the caller's finally releases the upstream
-    raise error
+    finally:
+        finished = True
+        watcher.cancel()
 
 
 async def _until_disconnect(receive: Receive) -> None:
