@@ -61,6 +61,7 @@ class Embedder:
         self._model: SentenceTransformer | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._cache: LRUCache[str, Vector] = LRUCache(maxsize=max(config.cache_size, 1))
+        self._counter: Any = None
         self.dimension = 0
 
     def load(self) -> None:
@@ -77,6 +78,13 @@ class Embedder:
         except Exception as exc:  # the library raises many kinds; all mean the same to an operator
             raise EmbedderError(f"cannot load embedding model from {location}: {exc}") from exc
         self.dimension = int(self._model.get_embedding_dimension() or 0)
+        tokenizer_file = location / "tokenizer.json"
+        if tokenizer_file.is_file():
+            from tokenizers import Tokenizer
+
+            # A tokenizer of its own for the event loop's thread (the model's is busy on the worker's).
+            self._counter = Tokenizer.from_file(str(tokenizer_file))
+            self._counter.no_truncation()
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.load)
@@ -122,6 +130,17 @@ class Embedder:
         if self.observe is not None:
             self.observe("documents", time.perf_counter() - started)
         return vectors
+
+    def query_tokens(self, text: str) -> int:
+        """Tokens the model reads of a query (clipped as embedding clips it), counted on the calling thread:
+        for pricing retrieval, without queueing behind an ingestion's batches on the model's worker."""
+        clipped = _clip(text)
+        if self._counter is None:
+            return len(clipped) // 4
+        return min(len(self._counter.encode(clipped, add_special_tokens=True).ids), self._max_tokens())
+
+    def _max_tokens(self) -> int:
+        return int(self._model.max_seq_length or 256) if self._model is not None else 256
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in the model's own tokenizer (chunks are sized in these)."""

@@ -178,7 +178,7 @@ class Metrics:
         # Adapters.
         self.adapter_load_seconds = Histogram(
             "turnout_adapter_load_duration_seconds",
-            "Time to load one LoRA adapter into vLLM (successful loads).",
+            "Time vLLM took to load one LoRA adapter (successful loads; validation and slot waits excluded).",
             ["adapter"],
             buckets=_LOAD_BUCKETS,
             registry=r,

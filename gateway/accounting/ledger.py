@@ -27,7 +27,9 @@ from routing import Target, TargetKind
 
 log = logging.getLogger("turnout.accounting")
 
+_KEPT_EVENT_BYTES = 256 * 1024
 CLIENT_LEFT = 499  # the status recorded when the client disconnects before the answer ends (nginx's)
+SHUT_DOWN = 503  # the status recorded for a request the server stopped before it ended
 
 
 def dollars(cost: float) -> str:
@@ -65,19 +67,24 @@ class Accounting:
 class Ledger:
     __slots__ = (
         "accounts",
+        "added_prompt",
         "cost",
         "data",
         "done",
         "embedding_tokens",
         "endpoint",
+        "event_bytes",
         "events",
         "excluded_s",
         "first_token_at",
         "opened",
         "policy",
+        "prices",
         "retrievals",
+        "sent",
         "started",
         "stream",
+        "stream_error",
         "target",
         "upstream_s",
         "usage",
@@ -86,6 +93,7 @@ class Ledger:
 
     def __init__(self, accounts: Accounting, endpoint: Endpoint, started: float) -> None:
         self.accounts = accounts
+        self.prices = accounts.prices  # the prices this request started with, whatever a reload does meanwhile
         self.endpoint = endpoint
         self.started = started
         self.policy = NO_POLICY
@@ -94,6 +102,8 @@ class Ledger:
         self.wants_usage = False
         self.target: Target | None = None
         self.opened = False  # a backend started generating (so there is something to pay for)
+        self.sent = False  # the request went to the upstream, which may be generating without a word yet
+        self.added_prompt: list[str] = []  # system prompts and retrieved context the gateway added
         self.upstream_s = 0.0
         self.excluded_s = 0.0  # adapter loads and retrieval: waits that are not the gateway's own work
         self.first_token_at: float | None = None
@@ -101,6 +111,8 @@ class Ledger:
         self.embedding_tokens = 0
         self.usage: Usage | None = None
         self.events: list[bytes] = []  # a stream's data events, kept for an estimate if no usage comes
+        self.event_bytes = 0  # all of them, including those past the kept ones
+        self.stream_error: TurnoutError | None = None  # an error the upstream reported inside the stream
         self.cost: float | None = None
         self.done = False
         accounts.in_flight += 1
@@ -122,20 +134,32 @@ class Ledger:
         """Fix the usage (estimating it when the upstream gave none) and return the request's cost."""
         if self.cost is not None:
             return self.cost
-        if usage is None and self.opened:
+        if usage is None and (self.opened or self.sent):
             usage = self._estimate()
         self.usage = usage
-        prices = self.accounts.prices
+        prices = self.prices
         cost = self.embedding_tokens * prices.embedding_per_token + self.retrievals * prices.search_per_query
         if usage is not None:
             cost += prices.generation(self.openai_model, usage.prompt, usage.completion, usage.cached)
         self.cost = cost
         return cost
 
+    def keep_event(self, event: bytes) -> None:
+        """Keep a stream event for an estimate, up to a bound; beyond it only its size is counted."""
+        self.event_bytes += len(event)
+        if self.event_bytes <= _KEPT_EVENT_BYTES:
+            self.events.append(event)
+
     def _estimate(self) -> Usage:
         generated = generated_texts(self.endpoint, self.events)
         try:
-            return self.accounts.counter.estimate(self.endpoint, self.data, generated, self.openai_model)
+            usage = self.accounts.counter.estimate(
+                self.endpoint, self.data, generated, self.openai_model, self.added_prompt
+            )
+            kept = sum(len(event) for event in self.events)
+            if self.event_bytes > kept > 0:  # a long stream keeps only its start: scale to the whole
+                usage = Usage(usage.prompt, round(usage.completion * self.event_bytes / kept), estimated=True)
+            return usage
         except Exception as exc:  # counting is best effort; the request itself has been answered
             log.warning("could not count tokens for an estimate (%s); counting characters", exc)
             chars = sum(len(text) for text in generated)
@@ -146,6 +170,12 @@ class Ledger:
         self.accounts.count_error(exc)
         exc.headers["x-turnout-cost-usd"] = dollars(self.settle(None))
         self.finish(exc.status)
+
+    def crash(self) -> None:
+        """A bug ended the request (the client gets the 500 envelope): count it and record a 500."""
+        if not self.done:
+            self.accounts.metrics.errors.labels("internal_error").inc()
+        self.finish(500)
 
     def finish(self, status: int) -> None:
         """Record the request (once): duration, overhead, TTFT, upstream time, tokens, dollars."""
@@ -178,7 +208,7 @@ class Ledger:
             if usage.estimated:
                 series.estimated.inc()
         if cost:  # each increment takes a lock: none for what is zero
-            prices = self.accounts.prices
+            prices = self.prices
             embedding = self.embedding_tokens * prices.embedding_per_token
             search = self.retrievals * prices.search_per_query
             series.cost_generation.inc(max(0.0, cost - embedding - search))
@@ -188,4 +218,4 @@ class Ledger:
                 series.cost_search.inc(search)
 
 
-__all__ = ["CLIENT_LEFT", "Accounting", "Ledger", "dollars"]
+__all__ = ["CLIENT_LEFT", "SHUT_DOWN", "Accounting", "Ledger", "dollars"]

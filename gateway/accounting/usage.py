@@ -22,7 +22,8 @@ from gateway.api.protocol import Endpoint
 log = logging.getLogger("turnout.accounting")
 
 _PER_MESSAGE = 4  # role and separators a chat template adds around each message (OpenAI's rule of thumb)
-_CHARS_PER_TOKEN = 4  # only when no tokenizer is available at all
+_CHARS_PER_TOKEN = 4  # when no tokenizer is available, or the text is too long to tokenize on the loop
+_TOKENIZED_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,10 @@ class TokenCounter:
     def count(self, texts: list[str], openai_model: str | None) -> int:
         if not texts:
             return 0
+        if sum(len(text) for text in texts) > _TOKENIZED_CHARS:
+            # Counting runs on the event loop: past this size (a hostile prompt, an hour-long stream) the
+            # estimate counts characters rather than stall every other request for a tokenizer pass.
+            return sum(len(text) for text in texts) // _CHARS_PER_TOKEN
         if openai_model is not None and self._openai_count is not None:
             return sum(self._openai_count(openai_model, text) for text in texts)
         if self._tokenizer is not None:
@@ -131,10 +136,16 @@ class TokenCounter:
         return sum(len(text) for text in texts) // _CHARS_PER_TOKEN
 
     def estimate(
-        self, endpoint: Endpoint, data: dict[str, Any], generated: list[str], openai_model: str | None
+        self,
+        endpoint: Endpoint,
+        data: dict[str, Any],
+        generated: list[str],
+        openai_model: str | None,
+        added: list[str] | None = None,
     ) -> Usage:
+        """Usage counted here: the client's prompt, what the gateway ``added`` to it, and the text generated."""
         texts, framing = prompt_texts(endpoint, data)
-        prompt = self.count(texts, openai_model) + framing
+        prompt = self.count(texts + (added or []), openai_model) + framing
         return Usage(prompt, self.count(["".join(generated)], openai_model) if generated else 0, estimated=True)
 
 

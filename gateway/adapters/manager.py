@@ -191,8 +191,7 @@ class AdapterManager:
             self._publish()
 
     async def _load(self, adapter: _Adapter) -> None:
-        """Load ``adapter``, counting the outcome and timing successful loads."""
-        started = time.perf_counter()
+        """Load ``adapter``, counting the outcome."""
         outcome = "failure"
         try:
             await self._load_once(adapter)
@@ -203,8 +202,6 @@ class AdapterManager:
         finally:
             if self.metrics is not None:
                 self.metrics.adapter_loads.labels(adapter.name, outcome).inc()
-                if outcome == "success":
-                    self.metrics.adapter_load_seconds.labels(adapter.name).observe(time.perf_counter() - started)
             self._publish()
 
     def _publish(self) -> None:
@@ -255,9 +252,12 @@ class AdapterManager:
         payload: dict[str, Any] = {"lora_name": adapter.name, "lora_path": served_path}
         if adapter.stale:
             payload["load_inplace"] = True
+        started = time.perf_counter()
         status, body = await self.upstream.request(
             "POST", "/v1/load_lora_adapter", payload, timeout_s=settings.load_timeout_s
         )
+        if status == 200 and self.metrics is not None:  # vLLM's own time (not validation, not a slot wait)
+            self.metrics.adapter_load_seconds.labels(adapter.name).observe(time.perf_counter() - started)
         if status == 200 or (status == 400 and b"already been loaded" in body):
             adapter.resident = True
             # moved by a reload while loading: load the new files in place on next use

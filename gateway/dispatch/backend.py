@@ -90,6 +90,7 @@ class VllmBackend:
 
     async def open(self, target: Target, call: Call) -> Opened:
         body = shape_body(call.raw, call.data, call.endpoint, target, target.name)
+        call.ledger.added_prompt = [target.system_prompt] if target.system_prompt else []
         return await self.open_body(target, call, body)
 
     async def open_body(self, target: Target, call: Call, body: bytes) -> Opened:
@@ -97,8 +98,12 @@ class VllmBackend:
         path, request_id, ledger, clock = call.path, call.features.request_id or None, call.ledger, time.perf_counter
         if target.kind is not TargetKind.ADAPTER:
             started = clock()
+            ledger.sent = True  # a non-streaming answer's headers come only once it is generated
             try:
                 return Opened(await self.upstream.open(path, body, model=target.name, request_id=request_id))
+            except Exception:
+                ledger.sent = False  # refused or failed: nothing generated (a cancellation keeps it)
+                raise
             finally:
                 ledger.upstream_s += clock() - started
         started = clock()
@@ -107,6 +112,7 @@ class VllmBackend:
         finally:
             sent = clock()
             ledger.excluded_s += sent - started
+        ledger.sent = True
         try:
             try:
                 response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
@@ -118,7 +124,8 @@ class VllmBackend:
                 response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
             finally:
                 ledger.upstream_s += clock() - sent
-        except BaseException:
+        except BaseException as exc:
+            ledger.sent = not isinstance(exc, Exception)
             lease.release()
             raise
         return Opened(response, lease.release)

@@ -26,11 +26,13 @@ import orjson
 
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.usage import usage_of
+from gateway.errors import TurnoutError, UpstreamError
 
 _DONE = b"data: [DONE]"
-_USAGE = b'"usage":{'
+_USAGE = b'"usage"'
+_UPSTREAM_ERROR = b'data: {"error"'
 # an event that carries generated text (the first chat chunk only announces the role, with empty content)
-_GENERATED = re.compile(rb'"(?:content|text|reasoning_content)":"[^"]|"tool_calls":\[\{')
+_GENERATED = re.compile(rb'"(?:content|text|reasoning_content)":\s*"[^"]|"tool_calls":\s*\[\s*\{')
 
 
 async def accounted_events(
@@ -41,7 +43,6 @@ async def accounted_events(
     buffer = b""
     meta: dict[str, Any] | None = None
     held: dict[str, Any] | None = None  # the upstream's usage event (no choices), parsed
-    events = ledger.events
     while True:
         waited = clock()
         try:
@@ -70,7 +71,9 @@ async def accounted_events(
                     continue
                 if not ledger.wants_usage:
                     event = b"data: " + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
-            events.append(event)
+            if event.startswith(_UPSTREAM_ERROR) and ledger.stream_error is None:
+                ledger.stream_error = _upstream_error(event)
+            ledger.keep_event(event)
             if ledger.first_token_at is None and _GENERATED.search(event):
                 ledger.first_token_at = clock()
             yield event + b"\n\n"
@@ -101,6 +104,14 @@ def _closing_event(
         event["citations"] = citations
     event["turnout"] = {"cost_usd": cost, "estimated": bool(usage is not None and usage.estimated)}
     return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def _upstream_error(event: bytes) -> TurnoutError:
+    """The upstream's own in-band error event (vLLM sends one when generation fails mid-stream)."""
+    body = _parsed(event)
+    error = body.get("error") if body is not None else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return UpstreamError(f"the upstream reported an error mid-stream: {str(message or 'no details')[:300]}")
 
 
 def _parsed(event: bytes) -> dict[str, Any] | None:

@@ -111,6 +111,8 @@ class OpenAIBackend:
             "stream": stream,
             **params,
         }
+        call.ledger.added_prompt = [target.system_prompt] if target.system_prompt else []
+        call.ledger.sent = True
         started = time.perf_counter()
         try:
             if call.endpoint == "chat":
@@ -121,9 +123,10 @@ class OpenAIBackend:
                 return Opened(StaticAnswer(response.model_dump_json(exclude_none=True).encode(), "application/json"))
             iterator = aiter(response)
             first = await anext(iterator)
-        except TurnoutError:
-            raise
         except Exception as exc:  # litellm raises its own tree; map it by kind
+            call.ledger.sent = False
+            if isinstance(exc, TurnoutError):
+                raise
             raise _mapped(exc, target.name) from exc
         finally:
             call.ledger.upstream_s += time.perf_counter() - started

@@ -118,7 +118,7 @@ class CompletionService:
             ledger.fail(exc)
             raise
         except Exception:
-            ledger.finish(500)  # a bug: the middleware answers it
+            ledger.crash()  # a bug: the lane answers it with the 500 envelope
             raise
         except BaseException:
             ledger.finish(CLIENT_LEFT)  # cancelled: the client left while the stream was being opened

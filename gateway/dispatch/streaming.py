@@ -17,7 +17,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.accounting.ledger import CLIENT_LEFT, Ledger, dollars
+from gateway.accounting.ledger import CLIENT_LEFT, SHUT_DOWN, Ledger, dollars
 from gateway.accounting.usage import usage_of_body
 from gateway.dispatch.backend import Opened
 from gateway.dispatch.events import accounted_events
@@ -45,23 +45,36 @@ class PassThroughStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.delivered = False
+        status = CLIENT_LEFT
         try:
             await _until_done_or_disconnect(self._pump(send), receive)
+        except asyncio.CancelledError:
+            status = SHUT_DOWN
+            raise
+        except Exception:
+            self.ledger.crash()
+            raise
         finally:
             self.opened.close()
             # the client may hang up as soon as it has read [DONE], before the stream's formal end
-            self.ledger.finish(self.status_code if self.delivered else CLIENT_LEFT)
+            self.ledger.finish(self.status_code if self.delivered else status)
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         tail = b"\n\n"
+        ledger, clock = self.ledger, time.perf_counter
         try:
-            async for chunk in accounted_events(self.opened.response.chunks(), self.ledger, self.citations):
+            async for chunk in accounted_events(self.opened.response.chunks(), ledger, self.citations):
+                writing = clock()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ledger.excluded_s += clock() - writing  # a slow reader's pace is not the gateway's work
                 tail = chunk[-2:] or tail
                 if chunk.startswith(b"data: [DONE]"):
                     self.delivered = True
             self.delivered = True
+            if ledger.stream_error is not None:  # the upstream said in-band that it failed
+                ledger.accounts.count_error(ledger.stream_error)
+                self.status_code = ledger.stream_error.status
         except Exception as exc:  # any backend's failure mid-stream (aiohttp, litellm) is told the same way
             # Headers are gone already, so the failure is told in-band, as an SSE error event the
             # openai client raises as an APIError, rather than as a silently truncated stream.
@@ -113,7 +126,7 @@ class BufferedAnswer(Response):
                 ledger.upstream_s += time.perf_counter() - waited
                 usage = usage_of_body(body)
                 if usage is None:
-                    ledger.events.append(body)  # counted with the tokenizer instead
+                    ledger.keep_event(body)  # counted with the tokenizer instead
                 headers["x-turnout-cost-usd"] = dollars(ledger.settle(usage))
                 if ledger.usage is not None and ledger.usage.estimated:
                     headers["x-turnout-usage-estimated"] = "true"
@@ -132,10 +145,16 @@ class BufferedAnswer(Response):
         completed = False
         try:
             completed = await _until_done_or_disconnect(deliver(), receive)
+        except asyncio.CancelledError:
+            status = SHUT_DOWN
+            raise
+        except Exception:
+            ledger.crash()
+            raise
         finally:
             if opened is not None:
                 opened.close()
-            ledger.finish(status if completed else CLIENT_LEFT)
+            ledger.finish(status if completed or status == SHUT_DOWN else CLIENT_LEFT)
 
 
 async def _until_done_or_disconnect(work: Coroutine[Any, Any, None], receive: Receive) -> bool:

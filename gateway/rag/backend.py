@@ -55,9 +55,9 @@ class RagBackend:
             ledger.excluded_s += time.perf_counter() - started
         self.metrics.retrieval_seconds.labels(target.name).observe(time.perf_counter() - started)
         ledger.retrievals += 1
-        if ledger.accounts.prices.embedding_per_token > 0:
+        if ledger.prices.embedding_per_token > 0:
             # every retrieval pays for its query's embedding, cached or not, so the price is stable
-            ledger.embedding_tokens += await self.embedder.run(self.embedder.count_tokens, call.features.text)
+            ledger.embedding_tokens += self.embedder.query_tokens(call.features.text)
         if not hits:
             self.metrics.retrieval_empty.labels(target.name).inc()
         headers = {"x-turnout-citations": str(len(hits)), "x-turnout-retrieval": "hits" if hits else "empty"}
@@ -74,6 +74,7 @@ class RagBackend:
             context = render_context(hits, collection.template)
             prompt = f"{prompt}\n\n{context}" if prompt else context
         shaped = replace(target.generator, system_prompt=prompt, caps=target.caps)
+        ledger.added_prompt = [prompt] if prompt else []
         body = shape_body(call.raw, call.data, call.endpoint, shaped, target.generator.name)
         opened = await self.generator.open_body(target.generator, call, body)
         opened.citations = [hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)]

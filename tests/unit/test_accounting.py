@@ -970,3 +970,74 @@ async def test_written_answer_with_usage_asked_has_zero_usage(accounting: Accoun
 async def test_written_answer_whole_has_zero_usage() -> None:
     answer = written_answer("chat", "docs-bot", "No.", stream=False)
     assert usage_of_body(await answer.read()) == Usage(0, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# what a review of the accounting found: reloads, crashes, added prompts, long streams, in-band errors
+
+
+def test_a_ledger_keeps_the_prices_it_started_with(accounting: Accounting) -> None:
+    ledger = routed_ledger(accounting, GPT)
+    accounting.prices = PriceBook(costs(), [])  # a reload dropped the OpenAI model meanwhile
+    assert ledger.settle(Usage(1000, 100)) == pytest.approx((1000 * 0.15 + 100 * 0.6) * 1e-6, rel=1e-12)
+    ledger.finish(200)
+    assert requests_total(accounting.metrics, "chat", "tiny", GPT, 200) == 1
+
+
+def test_a_crash_is_a_500_and_an_internal_error_counted_once(accounting: Accounting, metrics: Metrics) -> None:
+    ledger = routed_ledger(accounting, BASE)
+    ledger.crash()
+    ledger.crash()
+    assert requests_total(metrics, "chat", "tiny", BASE, 500) == 1
+    assert sample(metrics, "turnout_errors_total", type="internal_error") == 1
+
+
+def test_the_estimate_counts_the_prompt_the_gateway_added(accounting: Accounting) -> None:
+    ledger = routed_ledger(accounting, RAG, stream=True)
+    ledger.added_prompt = ["x" * 400]  # retrieved context: 100 tokens at 4 characters a token
+    ledger.settle(None)
+    assert ledger.usage == Usage(2 + 100 + 4 + 3, 0, estimated=True)
+
+
+def test_a_request_sent_but_never_answered_is_estimated(accounting: Accounting) -> None:
+    ledger = routed_ledger(accounting, BASE, opened=False)
+    ledger.sent = True  # the client left before the non-streaming answer's headers came
+    ledger.finish(CLIENT_LEFT)
+    assert ledger.usage == Usage(2 + 4 + 3, 0, estimated=True)
+    assert ledger.cost == pytest.approx(vllm_cost(9, 0), rel=1e-12)
+
+
+def test_a_long_stream_keeps_a_bounded_start_and_scales_the_estimate(accounting: Accounting) -> None:
+    ledger = routed_ledger(accounting, BASE, stream=True)
+    event = _chat_chunk({"content": "abcd" * 64})  # 64 tokens at 4 characters a token
+    for _ in range(4000):
+        ledger.keep_event(event)
+    kept = len(ledger.events)
+    assert kept * len(event) <= 256 * 1024 < 4000 * len(event)
+    ledger.settle(None)
+    assert ledger.usage is not None
+    assert ledger.usage.completion == pytest.approx(4000 * 64, rel=0.01)
+
+
+def test_huge_texts_are_counted_by_characters_not_tokenized(tokenizer_file: Path) -> None:
+    counter = TokenCounter(tokenizer_file)
+    huge = "word " * 20_000  # 100k characters: counted without a tokenizer pass on the event loop
+    assert counter.count([huge], None) == len(huge) // 4
+
+
+async def test_an_upstream_error_event_is_kept_for_the_request_metrics(accounting: Accounting) -> None:
+    ledger = stream_ledger(accounting, wants_usage=False)
+    failure = b'data: {"error":{"message":"generation failed","type":"InternalServerError","code":500}}'
+    out = await relay([wire(TEXT_EVENTS[0], TEXT_EVENTS[1], failure, DONE)], ledger)
+    assert failure + b"\n\n" in out
+    assert ledger.stream_error is not None
+    assert ledger.stream_error.status == 502
+    assert "generation failed" in ledger.stream_error.message
+
+
+async def test_usage_written_with_spaces_is_still_found(accounting: Accounting) -> None:
+    ledger = stream_ledger(accounting, wants_usage=False)
+    spaced = b'data: {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}'
+    out = await relay([wire(TEXT_EVENTS[0], TEXT_EVENTS[1], spaced, DONE)], ledger)
+    assert ledger.usage == Usage(7, 2)
+    assert not any(b'"usage"' in event for event in out)
