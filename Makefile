@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install tools vllm-env assets demo test lint typecheck unit e2e bench clean
+.PHONY: install tools bench-tools vllm-env assets demo test lint typecheck unit e2e bench bench-overhead clean
 
 install: $(STAMP)
 
@@ -52,7 +52,24 @@ e2e: install assets tools
 test: install assets tools lint typecheck
 	$(BIN)/pytest
 
-bench: install assets
+# wrk (Debian's package) drives the concurrency-32 phase of the overhead benchmark; without it (no registry)
+# the benchmark's own Python generator does, and says so.
+bench-tools:
+	@command -v wrk >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  { $$SUDO apt-get update && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; } >/dev/null || \
+	  echo "wrk could not be installed: the Python generator will drive concurrency 32"; }
+
+# Only the comparison of what each gateway adds per request (bench/overhead: about 3 minutes, plus about 80 s
+# the first time to build the LiteLLM proxy venv).
+bench-overhead: install bench-tools
+	$(BIN)/python bench/overhead/run.py
+
+# What each gateway adds per request (upstream directly, bare pass-through, Turnout, LiteLLM proxy), side by
+# side, then the routing, retrieval and adapter-load benchmarks against real vLLM.
+bench: install assets bench-tools
+	$(BIN)/python bench/overhead/run.py
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/rag.py
 	$(BIN)/python bench/adapter_load.py

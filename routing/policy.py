@@ -81,6 +81,11 @@ class Policy:
         checks = tuple((r, r.condition.test if r.condition is not None else None) for r in self.rules)
         object.__setattr__(self, "checks", checks)
 
+    @property
+    def needs_conversation(self) -> bool:
+        """Whether a split keeps conversations on one arm (only then is a request's conversation worked out)."""
+        return any(rule.split is not None and rule.split.sticky == "conversation" for rule in self.rules)
+
     def decide(self, features: RequestFeatures, after: str | None = None) -> Decision:
         """The first matching rule's decision; ``after`` skips the rules up to and including that one
         (a RAG rule whose retrieval came back empty passes the request on this way)."""

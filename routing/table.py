@@ -48,6 +48,10 @@ class RoutingTable:
         entry = self.models.get(model)
         return isinstance(entry, Policy) and entry.needs_embedding
 
+    def needs_conversation(self, model: str) -> bool:
+        entry = self.models.get(model)
+        return isinstance(entry, Policy) and entry.needs_conversation
+
 
 def decide(features: RequestFeatures, table: RoutingTable, after: str | None = None) -> Decision | None:
     """The decision for one request, or ``None`` when no name in the table matches its model.

@@ -73,7 +73,9 @@ class CompletionService:
         self, endpoint: Endpoint, raw: bytes, ctx: RequestContext, table: RoutingTable
     ) -> tuple[dict[str, Any], bool, RequestFeatures]:
         data, request = parse_request(endpoint, raw)
-        features = request_features(request, ctx.request_id, ctx.tenant, ctx.headers)
+        features = request_features(
+            request, ctx.request_id, ctx.tenant, ctx.headers, conversation=table.needs_conversation(request.model)
+        )
         if features.model not in table.models:
             raise ModelNotFound(
                 f"The model {request.model!r} does not exist here; GET /v1/models lists the names it serves",

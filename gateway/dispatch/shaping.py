@@ -21,8 +21,10 @@ _CHARS_PER_TOKEN = 4  # a rough estimate, good enough to tell short prompts from
 
 
 def request_features(
-    request: Request, request_id: str, tenant: str | None, headers: Mapping[str, str]
+    request: Request, request_id: str, tenant: str | None, headers: Mapping[str, str], *, conversation: bool = True
 ) -> RequestFeatures:
+    """What routing sees of ``request``; ``conversation`` False skips working out the conversation (a hash of
+    the first user message) when no split of the policy keys on it."""
     if isinstance(request, ChatCompletionRequest):
         chars = sum(len(m.content) if isinstance(m.content, str) else 64 for m in request.messages)
         count = len(request.messages)
@@ -34,10 +36,10 @@ def request_features(
         count = 1
         first_user = prompt if isinstance(prompt, str) else None
     metadata = request.metadata or {}
-    conversation = headers.get(CONVERSATION_HEADER) or metadata.get("conversation_id")
-    if conversation is None and isinstance(first_user, str):
+    thread = headers.get(CONVERSATION_HEADER) or metadata.get("conversation_id")
+    if thread is None and conversation and isinstance(first_user, str):
         # Every turn of one conversation repeats its first user message: it identifies the conversation.
-        conversation = hashlib.blake2b(first_user.encode(), digest_size=8).hexdigest()
+        thread = hashlib.blake2b(first_user.encode(), digest_size=8).hexdigest()
     return RequestFeatures(
         model=request.model,
         tenant=tenant,
@@ -48,7 +50,7 @@ def request_features(
         message_count=count,
         token_estimate=chars // _CHARS_PER_TOKEN,
         request_id=request_id,
-        conversation=conversation,
+        conversation=thread,
     )
 
 
