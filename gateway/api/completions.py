@@ -15,11 +15,11 @@ import time
 
 from fastapi import FastAPI
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.api.body import read_body
 from gateway.api.errors import render
-from gateway.api.middleware import RequestIds
+from gateway.api.middleware import IdSender, RequestIds
 from gateway.components import Components
 from gateway.dispatch.service import RequestContext
 from gateway.errors import MethodNotAllowed, TurnoutError
@@ -43,25 +43,12 @@ class CompletionLane:
             return
         arrived = time.perf_counter()
         request_id = self.ids.of(scope)
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
-            await send(message)
-
+        sender = IdSender(send, request_id)
         try:
             response = await self._respond(endpoint, scope, receive, request_id.decode(), arrived)
-            await response(scope, receive, send_with_id)
+            await response(scope, receive, sender)
         except Exception as exc:
-            # A bug, never a deliberate error: log it with its traceback and answer the envelope.
-            log.error("unexpected error on request %s", request_id.decode(), exc_info=exc)
-            if started:
-                raise
-            error = TurnoutError(f"internal error; quote request id {request_id.decode()} when reporting it")
-            await render(error)(scope, receive, send_with_id)
+            await sender.bug(exc)
 
     async def _respond(
         self, endpoint: str, scope: Scope, receive: Receive, request_id: str, arrived: float

@@ -38,6 +38,34 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):08x}".encode()
 
 
+class IdSender:
+    """An ASGI ``send`` that adds ``x-request-id`` to the response and remembers whether it has started."""
+
+    __slots__ = ("request_id", "send", "started")
+
+    def __init__(self, send: Send, request_id: bytes) -> None:
+        self.send = send
+        self.request_id = request_id
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message["headers"] = [*message.get("headers", ()), (b"x-request-id", self.request_id)]
+        await self.send(message)
+
+    async def bug(self, exc: Exception) -> None:
+        """A bug, never a deliberate error: log it with its traceback and answer the OpenAI envelope (with
+        the request id to quote) instead of a bare 500 page; re-raise if the response had started."""
+        request_id = self.request_id.decode()
+        log.error("unexpected error on request %s", request_id, exc_info=exc)
+        if self.started:
+            raise exc
+        body = TurnoutError(f"internal error; quote request id {request_id} when reporting it").body()
+        await self({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]})
+        await self({"type": "http.response.body", "body": body})
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp, ids: RequestIds) -> None:
         self.app = app
@@ -51,26 +79,8 @@ class RequestIdMiddleware:
         request_id = self.ids.of(scope)
         state = scope.setdefault("state", {})
         state["request_id"], state["arrived"] = request_id.decode(), arrived
-
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
-            await send(message)
-
+        sender = IdSender(send, request_id)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, sender)
         except Exception as exc:
-            # A bug, never a deliberate error: log it with its traceback, answer the envelope (with the
-            # request id to quote) instead of a bare 500 page.
-            log.error("unexpected error on request %s", request_id.decode(), exc_info=exc)
-            if started:
-                raise
-            body = TurnoutError(f"internal error; quote request id {request_id.decode()} when reporting it").body()
-            await send_with_id(
-                {"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]}
-            )
-            await send_with_id({"type": "http.response.body", "body": body})
+            await sender.bug(exc)
