@@ -23,6 +23,7 @@ from gateway.api.middleware import IdSender, RequestIds
 from gateway.components import Components
 from gateway.dispatch.service import RequestContext
 from gateway.errors import MethodNotAllowed, TurnoutError
+from gateway.metrics import NO_POLICY, NO_ROUTE
 
 log = logging.getLogger("turnout.errors")
 
@@ -37,7 +38,8 @@ class CompletionLane:
         self.ids = ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = _ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
+        # the paths with a trailing slash too, which FastAPI would have redirected
+        endpoint = _ENDPOINTS.get(scope["path"].rstrip("/")) if scope["type"] == "http" else None
         if endpoint is None:
             await self.api(scope, receive, send)
             return
@@ -63,6 +65,9 @@ class CompletionLane:
             ctx = RequestContext(request_id, who.tenant, headers, arrived)
             return await components.service.complete("chat" if endpoint == "chat" else "completions", body, ctx)
         except TurnoutError as exc:
+            if not exc.counted:  # refused before the service opened a ledger (key, size, method)
+                refused = components.metrics.route(endpoint, NO_POLICY, NO_ROUTE, NO_ROUTE)
+                refused.requests(exc.status).inc()
             components.accounting.count_error(exc)  # once: the request's ledger may have counted it already
             if exc.status >= 500:
                 log.warning("POST %s -> %d %s: %s", scope["path"], exc.status, exc.code, exc.message)

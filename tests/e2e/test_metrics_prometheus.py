@@ -143,8 +143,12 @@ def test_the_live_exposition_passes_promtool(metered: GatewayProcess) -> None:
     _send(client, "facts", True, Told())
     with pytest.raises(openai.NotFoundError):  # an error series too
         client.chat.completions.create(model="no-such-model", messages=PROMPT)
+    keyless = httpx.post(metered.url + "/v1/chat/completions/", json={"model": "facts"}, timeout=10)
+    assert keyless.status_code == 401  # the trailing slash reaches the endpoint; the missing key is refused
     exposition = httpx.get(metered.url + "/metrics", timeout=10).content
     assert b'turnout_errors_total{type="model_not_found"}' in exposition
+    refused = b'turnout_requests_total{endpoint="chat",policy="none",route_kind="none",status="401",target="none"}'
+    assert refused in exposition
     assert b"no-such-model" not in exposition, "a caller's model name never becomes a label"
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool is installed by `make tools`"
