@@ -78,6 +78,7 @@ class Ledger:
         "excluded_s",
         "first_token_at",
         "opened",
+        "parts",
         "policy",
         "prices",
         "retrievals",
@@ -114,6 +115,7 @@ class Ledger:
         self.event_bytes = 0  # all of them, including those past the kept ones
         self.stream_error: TurnoutError | None = None  # an error the upstream reported inside the stream
         self.cost: float | None = None
+        self.parts = (0.0, 0.0, 0.0)  # the cost's generation, embedding and search dollars, once settled
         self.done = False
         accounts.in_flight += 1
 
@@ -138,10 +140,13 @@ class Ledger:
             usage = self._estimate()
         self.usage = usage
         prices = self.prices
-        cost = self.embedding_tokens * prices.embedding_per_token + self.retrievals * prices.search_per_query
+        embedding = self.embedding_tokens * prices.embedding_per_token
+        search = self.retrievals * prices.search_per_query
+        generation = 0.0
         if usage is not None:
-            cost += prices.generation(self.openai_model, usage.prompt, usage.completion, usage.cached)
-        self.cost = cost
+            generation = prices.generation(self.openai_model, usage.prompt, usage.completion, usage.cached)
+        self.parts = (generation, embedding, search)
+        self.cost = cost = generation + embedding + search
         return cost
 
     def keep_event(self, event: bytes) -> None:
@@ -208,10 +213,9 @@ class Ledger:
             if usage.estimated:
                 series.estimated.inc()
         if cost:  # each increment takes a lock: none for what is zero
-            prices = self.prices
-            embedding = self.embedding_tokens * prices.embedding_per_token
-            search = self.retrievals * prices.search_per_query
-            series.cost_generation.inc(max(0.0, cost - embedding - search))
+            generation, embedding, search = self.parts
+            if generation:
+                series.cost_generation.inc(generation)
             if embedding:
                 series.cost_embedding.inc(embedding)
             if search:

@@ -44,7 +44,6 @@ class PassThroughStream(Response):
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.delivered = False
         status = CLIENT_LEFT
         try:
             await _until_done_or_disconnect(self._pump(send), receive)
