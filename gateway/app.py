@@ -1,4 +1,8 @@
-"""The FastAPI application: routers, error handlers, and the lifespan that builds the components."""
+"""The application the server runs: one FastAPI app with the completion routes, the routers, the error
+handlers and the request-id middleware, and the lifespan that builds the components.
+
+May import: everything in the gateway but the command line.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from gateway.api import admin, health, metrics, models, rag, route
-from gateway.api.completions import CompletionLane
+from gateway.api.completions import completion_routes
 from gateway.api.errors import install_error_handlers
-from gateway.api.middleware import RequestIdMiddleware, RequestIds
+from gateway.api.middleware import RequestIdMiddleware
+from gateway.api.pipeline import RequestIds
 from gateway.components import Components, build_components
 from gateway.config import TurnoutConfig
 from gateway.errors import TurnoutError
@@ -23,7 +28,7 @@ from gateway.errors import TurnoutError
 log = logging.getLogger("turnout")
 
 
-def create_app(config: TurnoutConfig, config_path: Path | None = None, ids: RequestIds | None = None) -> FastAPI:
+def create_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -44,17 +49,17 @@ def create_app(config: TurnoutConfig, config_path: Path | None = None, ids: Requ
         docs_url=None,
         redoc_url=None,
     )
+    app.router.routes[0:0] = completion_routes()  # first: the hot path is matched before anything else
     for module in (route, models, rag, health, metrics, admin):
         app.include_router(module.router)
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware, ids=ids or RequestIds())
+    app.add_middleware(RequestIdMiddleware, ids=RequestIds())
     return app
 
 
-def create_asgi_app(config: TurnoutConfig, config_path: Path | None = None) -> CompletionLane:
-    """What the server runs: the completion endpoints' fast lane in front of the FastAPI app."""
-    ids = RequestIds()
-    return CompletionLane(create_app(config, config_path, ids), ids)
+def create_asgi_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAPI:
+    """What the server runs (the name the command line and the tests start it by)."""
+    return create_app(config, config_path)
 
 
 def _reload_on_sighup(components: Components, stack: AsyncExitStack) -> None:

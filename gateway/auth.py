@@ -4,6 +4,8 @@ Keys are looked up by their SHA-256, so the configuration can hold digests inste
 comparison does not depend on how much of a key matches. With no keys configured the gateway is open
 and every caller is anonymous: no tenant, no admin rights needed (a local, single-team setup).
 The tenant always comes from here, never from a request body: it is what isolates tenants' documents.
+
+May import: ``gateway.config``, ``gateway.errors``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ class Identity:
     tenant: str | None
     admin: bool
 
+    def require_admin(self) -> None:
+        if not self.admin:
+            raise PermissionDenied("this needs an admin API key")
+
 
 ANONYMOUS = Identity(tenant=None, admin=True)  # an open gateway has no one to refuse
 
@@ -27,10 +33,6 @@ ANONYMOUS = Identity(tenant=None, admin=True)  # an open gateway has no one to r
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._keys = {key.digest(): Identity(key.tenant, key.admin) for key in config.keys}
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
 
     def identify(self, authorization: str | None) -> Identity:
         if not self._keys:
@@ -44,8 +46,3 @@ class Authenticator:
         if identity is None:
             raise Unauthenticated("invalid API key")
         return identity
-
-    @staticmethod
-    def require_admin(identity: Identity) -> None:
-        if not identity.admin:
-            raise PermissionDenied("this needs an admin API key")

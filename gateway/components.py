@@ -4,9 +4,12 @@ The FastAPI lifespan calls :func:`build_components`; routers reach the result th
 accessors in :mod:`gateway.api.deps`. Nothing here runs at import time.
 
 Reloading (SIGHUP or ``POST /admin/reload``) re-reads the file, validates it, builds the new routing
-table (embedding new intent examples) and only then swaps it in: an invalid file changes nothing and
-the old policies keep serving. Sections that shape connections and processes (``server``, ``vllm``,
-``embeddings``) need a restart; a reload reports which of them changed.
+table (embedding new intent examples) and only then swaps it in, each part through its own method
+(``service.swap``, ``accounting.use_prices``, ...): an invalid file changes nothing and the old policies
+keep serving. Sections that shape connections and processes (``server``, ``vllm``, ``embeddings``) need
+a restart; a reload reports which of them changed.
+
+May import: every capability and ``gateway.dispatch``; never ``gateway.api`` (which imports this).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gateway.upstream.client import Upstream, UpstreamSettings
 from routing import RoutingTable, TargetKind
 
 if TYPE_CHECKING:  # the vector store client is imported only when retrieval is configured
+    from gateway.dispatch.rag_backend import RagBackend
     from gateway.rag.ingest import Ingestor
     from gateway.rag.store import VectorStore
 
@@ -73,6 +77,7 @@ class Components:
         store: VectorStore | None,
         ingestor: Ingestor | None,
         metrics: Metrics,
+        rag_backend: RagBackend | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -82,6 +87,7 @@ class Components:
         self.store = store
         self.ingestor = ingestor
         self.metrics = metrics
+        self._rag_backend = rag_backend
         self.auth = Authenticator(config.auth)
         self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
@@ -137,13 +143,11 @@ class Components:
             raise ConfigRejected(f"configuration not reloaded: {self.config_path}: {exc}") from exc
         self.adapters.update(new.adapters)
         self.metrics.declare(new.adapters, new.rag.collections)
-        rag = self.service.backends.get(TargetKind.RAG)
-        if rag is not None:
-            rag.collections = new.rag.collections  # type: ignore[attr-defined]
+        if self._rag_backend is not None:
+            self._rag_backend.use_collections(new.rag.collections)
         self.auth = Authenticator(new.auth)
-        self.service.embedder = embedder
-        self.service.accounting.prices = prices
-        self.service.table = table
+        self.service.accounting.use_prices(prices)
+        self.service.swap(table, embedder)
         self.config = new
         self.reloads += 1
         if restart:
@@ -159,7 +163,7 @@ class Components:
 
 
 def price_book(config: TurnoutConfig) -> PriceBook:
-    """The prices for ``config`` (:class:`gateway.accounting.prices.PriceError` if a model has none)."""
+    """The prices for ``config`` (:class:`gateway.config.prices.PriceError` if a model has none)."""
     return PriceBook(config.costs, openai_models(config))
 
 
@@ -229,9 +233,9 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
         TargetKind.ADAPTER: vllm_backend,
         TargetKind.OPENAI: openai_backend,
     }
-    store = ingestor = None
+    store = ingestor = rag_backend = None
     if config.rag.collections:
-        from gateway.rag.backend import RagBackend
+        from gateway.dispatch.rag_backend import RagBackend
         from gateway.rag.ingest import Ingestor
         from gateway.rag.store import StoreError, VectorStore
 
@@ -241,12 +245,13 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
         except StoreError as exc:
             raise StartupError(str(exc)) from exc
         ingestor = Ingestor(store, embedder, config.rag.chunking)
-        backends[TargetKind.RAG] = RagBackend(store, embedder, config.rag.collections, vllm_backend, metrics)
+        rag_backend = RagBackend(store, embedder, config.rag.collections, vllm_backend, metrics)
+        backends[TargetKind.RAG] = rag_backend
     tokenizer = config.base_model.path / "tokenizer.json" if config.base_model.path is not None else None
     counter = await asyncio.to_thread(
         TokenCounter, tokenizer, openai_backend.count_tokens if policies_use_openai(config) else None
     )
     service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter))
-    components = Components(config, config_path, upstream, adapters, service, store, ingestor, metrics)
+    components = Components(config, config_path, upstream, adapters, service, store, ingestor, metrics, rag_backend)
     stack.push_async_callback(components.aclose)
     return components

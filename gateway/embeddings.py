@@ -13,19 +13,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
 
 from gateway.config.model import PACKAGED_EMBEDDER, EmbeddingsConfig
+from gateway.protocol.requests import CHARS_PER_TOKEN
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 Vector = list[float]
-T = TypeVar("T")
 
 # The model reads its first 256 tokens (about 1,500 characters of English); longer text only costs time
 # to tokenise and memory as a cache key.
@@ -119,10 +118,6 @@ class Embedder:
                     self._cache[text] = vector
         return [found[t] for t in clipped]
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking work that uses the model (its tokenizer) on the model's own worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
-
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         """Embed document chunks in batches, bypassing the query cache (they are embedded once)."""
         started = time.perf_counter()
@@ -136,7 +131,7 @@ class Embedder:
         for pricing retrieval, without queueing behind an ingestion's batches on the model's worker."""
         clipped = _clip(text)
         if self._counter is None:
-            return len(clipped) // 4
+            return len(clipped) // CHARS_PER_TOKEN
         return min(len(self._counter.encode(clipped, add_special_tokens=True).ids), self._max_tokens())
 
     def _max_tokens(self) -> int:

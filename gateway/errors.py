@@ -24,6 +24,9 @@ while the client sees a clear, bounded message and never a traceback.
         +-- UpstreamTimeout           504 upstream_timeout
         +-- UpstreamModelMissing      502 upstream_error         (backend forgot a model; healed by reload)
 
+Library exceptions and upstream statuses are mapped to these classes in one table,
+:mod:`gateway.failures`; the envelope is written by :meth:`TurnoutError.body` alone.
+
 Errors whose class says ``falls_back`` (upstream failures except ``UpstreamRejected``, an invalid
 adapter, exhausted adapter capacity) let the dispatcher try the decision's next fallback target, as
 long as nothing has been sent to the client yet.
@@ -39,16 +42,20 @@ import orjson
 class TurnoutError(Exception):
     """Base of every error the gateway renders to a client."""
 
-    status: ClassVar[int] = 500
+    status: int = 500  # the class's status; an instance may carry another (``status=``), as relayed ones do
     error_type: ClassVar[str] = "internal_error"
     default_code: ClassVar[str | None] = None
     falls_back: ClassVar[bool] = False  # may the next fallback target be tried instead?
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        if status is not None:
+            self.status = status
         self.headers: dict[str, str] = {}  # extra response headers, such as the route it was sent on
         self.counted = False  # already counted in the error metrics (by the request's ledger)
 
@@ -56,6 +63,7 @@ class TurnoutError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
     def body(self) -> bytes:
+        """The OpenAI error envelope, serialised: the one place it is written."""
         return orjson.dumps(self.envelope())
 
 
@@ -144,8 +152,7 @@ class UpstreamRejected(UpstreamError):
     falls_back = False
 
     def __init__(self, message: str, *, status: int, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message, param=param, code=code)
-        self.status = status  # type: ignore[misc]  # per-instance status mirrors the upstream's
+        super().__init__(message, param=param, code=code, status=status)  # the upstream's own status
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from gateway.accounting.prices import PriceBook
-from gateway.accounting.usage import TokenCounter, Usage, generated_texts
-from gateway.api.protocol import Endpoint
+from gateway.accounting.usage import TokenCounter
 from gateway.errors import TurnoutError
 from gateway.metrics import NO_POLICY, NO_ROUTE, Metrics
+from gateway.protocol.requests import CHARS_PER_TOKEN, Endpoint, asks_usage
+from gateway.protocol.usage import Usage, generated_texts
 from routing import Target, TargetKind
 
 log = logging.getLogger("turnout.accounting")
@@ -54,6 +56,10 @@ class Accounting:
         self.in_flight = 0  # read by the gauge at scrape time: no lock taken per request
         metrics.in_flight.set_function(lambda: self.in_flight)
 
+    def use_prices(self, prices: PriceBook) -> None:
+        """Price requests opened from now on with ``prices`` (a reload); open ledgers keep theirs."""
+        self.prices = prices
+
     def open(self, endpoint: Endpoint, started: float) -> Ledger:
         return Ledger(self, endpoint, started)
 
@@ -64,32 +70,72 @@ class Accounting:
             self.metrics.errors.labels(exc.code or exc.error_type).inc()
 
 
+class Stopwatch:
+    """A ``with`` block whose time is added to one of a ledger's totals (upstream, or waits on others)."""
+
+    __slots__ = ("_add", "_started")
+
+    def __init__(self, add: Callable[[float], None]) -> None:
+        self._add = add
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self._add(time.perf_counter() - self._started)
+
+
+class Sending(Stopwatch):
+    """The window in which the upstream has the request: it may be generating (and costing) without a
+    word yet. A failure inside the window means nothing was generated; a cancellation (the client left)
+    leaves the request at the upstream, so it still counts as sent."""
+
+    __slots__ = ("_ledger",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__(ledger._add_upstream)
+        self._ledger = ledger
+
+    def __enter__(self) -> None:
+        self._ledger._sent = True
+        super().__enter__()
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        super().__exit__(kind, *rest)
+        if kind is not None and issubclass(kind, Exception):
+            self._ledger._sent = False
+
+
 class Ledger:
+    """The account of one request. Everything that happens to it is told through a method; its totals
+    are read through properties, so each rule about them is written once, here."""
+
     __slots__ = (
+        "_added_prompt",
+        "_cost",
+        "_data",
+        "_done",
+        "_embedding_tokens",
+        "_event_bytes",
+        "_events",
+        "_excluded_s",
+        "_first_token_at",
+        "_opened",
+        "_parts",
+        "_policy",
+        "_retrievals",
+        "_sent",
+        "_stream",
+        "_stream_error",
+        "_target",
+        "_upstream_s",
+        "_usage",
+        "_wants_usage",
         "accounts",
-        "added_prompt",
-        "cost",
-        "data",
-        "done",
-        "embedding_tokens",
         "endpoint",
-        "event_bytes",
-        "events",
-        "excluded_s",
-        "first_token_at",
-        "opened",
-        "parts",
-        "policy",
         "prices",
-        "retrievals",
-        "sent",
         "started",
-        "stream",
-        "stream_error",
-        "target",
-        "upstream_s",
-        "usage",
-        "wants_usage",
     )
 
     def __init__(self, accounts: Accounting, endpoint: Endpoint, started: float) -> None:
@@ -97,78 +143,182 @@ class Ledger:
         self.prices = accounts.prices  # the prices this request started with, whatever a reload does meanwhile
         self.endpoint = endpoint
         self.started = started
-        self.policy = NO_POLICY
-        self.data: dict[str, Any] = {}
-        self.stream = False
-        self.wants_usage = False
-        self.target: Target | None = None
-        self.opened = False  # a backend started generating (so there is something to pay for)
-        self.sent = False  # the request went to the upstream, which may be generating without a word yet
-        self.added_prompt: list[str] = []  # system prompts and retrieved context the gateway added
-        self.upstream_s = 0.0
-        self.excluded_s = 0.0  # adapter loads and retrieval: waits that are not the gateway's own work
-        self.first_token_at: float | None = None
-        self.retrievals = 0
-        self.embedding_tokens = 0
-        self.usage: Usage | None = None
-        self.events: list[bytes] = []  # a stream's data events, kept for an estimate if no usage comes
-        self.event_bytes = 0  # all of them, including those past the kept ones
-        self.stream_error: TurnoutError | None = None  # an error the upstream reported inside the stream
-        self.cost: float | None = None
-        self.parts = (0.0, 0.0, 0.0)  # the cost's generation, embedding and search dollars, once settled
-        self.done = False
+        self._policy = NO_POLICY
+        self._data: dict[str, Any] = {}
+        self._stream = False
+        self._wants_usage = False
+        self._target: Target | None = None
+        self._opened = False  # a backend started generating (so there is something to pay for)
+        self._sent = False  # the request went to the upstream, which may be generating without a word yet
+        self._added_prompt: list[str] = []  # system prompts and retrieved context the gateway added
+        self._upstream_s = 0.0
+        self._excluded_s = 0.0  # adapter loads, retrieval, slow readers: waits that are not the gateway's work
+        self._first_token_at: float | None = None
+        self._retrievals = 0
+        self._embedding_tokens = 0
+        self._usage: Usage | None = None
+        self._events: list[bytes] = []  # a stream's data events, kept for an estimate if no usage comes
+        self._event_bytes = 0  # all of them, including those past the kept ones
+        self._stream_error: TurnoutError | None = None  # an error the upstream reported inside the stream
+        self._cost: float | None = None
+        self._parts = (0.0, 0.0, 0.0)  # the cost's generation, embedding and search dollars, once settled
+        self._done = False
         accounts.in_flight += 1
 
+    # --- what happened to the request, in the order it happens ---------------------------------------
+
     def routed(self, policy: str, data: dict[str, Any], stream: bool) -> None:
-        self.policy, self.data, self.stream = policy, data, stream
-        options = data.get("stream_options")
-        self.wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+        """The request was parsed and routed by ``policy`` (the model name it asked for)."""
+        self._policy, self._data, self._stream = policy, data, stream
+        self._wants_usage = stream and asks_usage(data)
+
+    def trying(self, target: Target) -> None:
+        """The service is opening ``target`` (the decision's own, or a fallback)."""
+        self._target = target
+
+    def waiting_elsewhere(self) -> Stopwatch:
+        """``with`` it around waits that are neither the gateway's work nor the upstream's: adapter loads,
+        retrieval, a slow client reading."""
+        return Stopwatch(self._add_excluded)
+
+    def waiting_upstream(self) -> Stopwatch:
+        """``with`` it around reads of the upstream's answer."""
+        return Stopwatch(self._add_upstream)
+
+    def sending(self) -> Sending:
+        """``with`` it around handing the request to the upstream until its answer starts."""
+        return Sending(self)
+
+    def added_to_prompt(self, prompt: str | None) -> None:
+        """The system prompt (and retrieved context) the gateway put in front of the client's prompt."""
+        self._added_prompt = [prompt] if prompt else []
+
+    def retrieved(self, embedding_tokens: int) -> None:
+        """One retrieval, whose query embedding read ``embedding_tokens`` tokens (0 when not priced)."""
+        self._retrievals += 1
+        self._embedding_tokens += embedding_tokens
+
+    def answer_opened(self) -> None:
+        """A backend started answering: from here on there is generation to pay for."""
+        self._opened = True
+
+    def saw_usage(self, usage: Usage) -> None:
+        """The upstream's own usage figures (the last ones count: continuous usage stats repeat them)."""
+        self._usage = usage
+
+    def saw_first_token(self) -> None:
+        """Generated text reached the client (the first time counts)."""
+        if self._first_token_at is None:
+            self._first_token_at = time.perf_counter()
+
+    def saw_stream_error(self, error: TurnoutError) -> None:
+        """The upstream said inside the stream that it failed (the first such error counts)."""
+        if self._stream_error is None:
+            self._stream_error = error
+
+    def keep_event(self, event: bytes) -> None:
+        """Keep a stream event (or a whole answer) for an estimate, up to a bound; beyond it only its size
+        is counted."""
+        self._event_bytes += len(event)
+        if self._event_bytes <= _KEPT_EVENT_BYTES:
+            self._events.append(event)
+
+    def _add_upstream(self, seconds: float) -> None:
+        self._upstream_s += seconds
+
+    def _add_excluded(self, seconds: float) -> None:
+        self._excluded_s += seconds
+
+    # --- what is read of it ----------------------------------------------------------------------------
+
+    @property
+    def target(self) -> Target | None:
+        return self._target
+
+    @property
+    def wants_usage(self) -> bool:
+        """The client asked for usage in its stream."""
+        return self._wants_usage
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    @property
+    def cost(self) -> float | None:
+        """Dollars, once settled."""
+        return self._cost
+
+    @property
+    def stream_error(self) -> TurnoutError | None:
+        return self._stream_error
+
+    @property
+    def upstream_s(self) -> float:
+        return self._upstream_s
+
+    @property
+    def excluded_s(self) -> float:
+        return self._excluded_s
+
+    @property
+    def first_token_at(self) -> float | None:
+        return self._first_token_at
+
+    @property
+    def sent(self) -> bool:
+        return self._sent
+
+    @property
+    def added_prompt(self) -> list[str]:
+        return list(self._added_prompt)
+
+    @property
+    def events(self) -> list[bytes]:
+        """The events (or whole answer) kept for an estimate."""
+        return list(self._events)
 
     @property
     def openai_model(self) -> str | None:
-        target = self.target
+        target = self._target
         return target.name if target is not None and target.kind is TargetKind.OPENAI else None
 
     def overhead_s(self) -> float:
-        return max(0.0, time.perf_counter() - self.started - self.upstream_s - self.excluded_s)
+        return max(0.0, time.perf_counter() - self.started - self._upstream_s - self._excluded_s)
+
+    # --- how it ends ----------------------------------------------------------------------------------
 
     def settle(self, usage: Usage | None) -> float:
         """Fix the usage (estimating it when the upstream gave none) and return the request's cost."""
-        if self.cost is not None:
-            return self.cost
-        if usage is None and (self.opened or self.sent):
+        if self._cost is not None:
+            return self._cost
+        if usage is None and (self._opened or self._sent):
             usage = self._estimate()
-        self.usage = usage
+        self._usage = usage
         prices = self.prices
-        embedding = self.embedding_tokens * prices.embedding_per_token
-        search = self.retrievals * prices.search_per_query
+        embedding = self._embedding_tokens * prices.embedding_per_token
+        search = self._retrievals * prices.search_per_query
         generation = 0.0
         if usage is not None:
             generation = prices.generation(self.openai_model, usage.prompt, usage.completion, usage.cached)
-        self.parts = (generation, embedding, search)
-        self.cost = cost = generation + embedding + search
+        self._parts = (generation, embedding, search)
+        self._cost = cost = generation + embedding + search
         return cost
 
-    def keep_event(self, event: bytes) -> None:
-        """Keep a stream event for an estimate, up to a bound; beyond it only its size is counted."""
-        self.event_bytes += len(event)
-        if self.event_bytes <= _KEPT_EVENT_BYTES:
-            self.events.append(event)
-
     def _estimate(self) -> Usage:
-        generated = generated_texts(self.endpoint, self.events)
+        generated = generated_texts(self.endpoint, self._events)
         try:
             usage = self.accounts.counter.estimate(
-                self.endpoint, self.data, generated, self.openai_model, self.added_prompt
+                self.endpoint, self._data, generated, self.openai_model, self._added_prompt
             )
-            kept = sum(len(event) for event in self.events)
-            if self.event_bytes > kept > 0:  # a long stream keeps only its start: scale to the whole
-                usage = Usage(usage.prompt, round(usage.completion * self.event_bytes / kept), estimated=True)
+            kept = sum(len(event) for event in self._events)
+            if self._event_bytes > kept > 0:  # a long stream keeps only its start: scale to the whole
+                usage = Usage(usage.prompt, round(usage.completion * self._event_bytes / kept), estimated=True)
             return usage
         except Exception as exc:  # counting is best effort; the request itself has been answered
             log.warning("could not count tokens for an estimate (%s); counting characters", exc)
             chars = sum(len(text) for text in generated)
-            return Usage(0, chars // 4, estimated=True)
+            return Usage(0, chars // CHARS_PER_TOKEN, estimated=True)
 
     def fail(self, exc: TurnoutError) -> None:
         """The request ends with ``exc``: count it, and tell the client what was spent anyway."""
@@ -178,42 +328,42 @@ class Ledger:
 
     def crash(self) -> None:
         """A bug ended the request (the client gets the 500 envelope): count it and record a 500."""
-        if not self.done:
+        if not self._done:
             self.accounts.metrics.errors.labels("internal_error").inc()
         self.finish(500)
 
     def finish(self, status: int) -> None:
         """Record the request (once): duration, overhead, TTFT, upstream time, tokens, dollars."""
-        if self.done:
+        if self._done:
             return
-        self.done = True
+        self._done = True
         metrics = self.accounts.metrics
         self.accounts.in_flight -= 1
         total = time.perf_counter() - self.started
-        cost = self.settle(self.usage)
-        target = self.target
+        cost = self.settle(self._usage)
+        target = self._target
         kind, label = (target.kind.value, target.label) if target is not None else (NO_ROUTE, NO_ROUTE)
-        series = metrics.route(self.endpoint, self.policy, kind, label)
+        series = metrics.route(self.endpoint, self._policy, kind, label)
         series.requests(status).inc()
-        overhead = max(0.0, total - self.upstream_s - self.excluded_s)
-        if self.stream:
+        overhead = max(0.0, total - self._upstream_s - self._excluded_s)
+        if self._stream:
             series.duration_stream.observe(total)
             series.overhead_stream.observe(overhead)
         else:
             series.duration_whole.observe(total)
             series.overhead_whole.observe(overhead)
-        if self.first_token_at is not None:
-            series.ttft.observe(self.first_token_at - self.started)
-        if self.opened and series.upstream is not None:
-            series.upstream.observe(self.upstream_s)
-        usage = self.usage
+        if self._first_token_at is not None:
+            series.ttft.observe(self._first_token_at - self.started)
+        if self._opened and series.upstream is not None:
+            series.upstream.observe(self._upstream_s)
+        usage = self._usage
         if usage is not None:
             series.prompt_tokens.inc(usage.prompt)
             series.completion_tokens.inc(usage.completion)
             if usage.estimated:
                 series.estimated.inc()
         if cost:  # each increment takes a lock: none for what is zero
-            generation, embedding, search = self.parts
+            generation, embedding, search = self._parts
             if generation:
                 series.cost_generation.inc(generation)
             if embedding:
@@ -222,4 +372,4 @@ class Ledger:
                 series.cost_search.inc(search)
 
 
-__all__ = ["CLIENT_LEFT", "SHUT_DOWN", "Accounting", "Ledger", "dollars"]
+__all__ = ["CLIENT_LEFT", "SHUT_DOWN", "Accounting", "Ledger", "Sending", "Stopwatch", "dollars"]

@@ -30,7 +30,8 @@ from gateway.adapters.validation import BaseModelFacts, validate_adapter
 from gateway.config import AdapterConfig
 from gateway.errors import CapacityExhausted, InvalidAdapter, ModelNotFound, UpstreamError
 from gateway.metrics import Metrics
-from gateway.upstream.client import Upstream, error_message
+from gateway.protocol.envelope import error_message
+from gateway.upstream.client import Upstream
 
 log = logging.getLogger("turnout.adapters")
 

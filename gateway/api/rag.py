@@ -18,16 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.api.deps import BodyDep, ComponentsDep, IdentityDep
 from gateway.auth import Identity
 from gateway.components import Components
-from gateway.errors import CollectionNotFound, InvalidRequest, PermissionDenied, RetrievalUnavailable, TurnoutError
+from gateway.errors import CollectionNotFound, InvalidRequest, PermissionDenied, TurnoutError
+from gateway.failures import Boundary, translate
 from gateway.rag import SHARED
 from gateway.rag.documents import Document, document_from_mapping
+from routing.spec import NAME_PATTERN
 
 if TYPE_CHECKING:  # the vector store client loads only in a gateway that has collections
     from gateway.rag.ingest import Ingestor
     from gateway.rag.store import VectorStore
 
 router = APIRouter(prefix="/v1/rag")
-TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+TENANT_NAME = re.compile(NAME_PATTERN)  # tenants are named like models, policies and adapters
 TenantQuery = Annotated[str | None, Query(description="Admin only: the tenant whose partition to use.")]
 
 
@@ -69,8 +71,8 @@ async def _guard(call: Any) -> Any:
         return await call
     except TurnoutError:
         raise
-    except Exception as exc:  # the store's many failure kinds all mean: the store is not usable now
-        raise RetrievalUnavailable(f"the vector store failed: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
+    except Exception as exc:  # the store's many failure kinds: see gateway.failures
+        raise translate(exc, Boundary.RETRIEVAL, "the vector store") from exc
 
 
 @router.get("/collections")

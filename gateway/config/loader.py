@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from gateway.config.model import PACKAGED_EMBEDDER, AdapterConfig, BaseModelConfig, TurnoutConfig
+from gateway.config.prices import PriceError, litellm_price_map, openai_price
 
 ENV_PREFIX = "TURNOUT_"
 
@@ -74,8 +75,6 @@ def _file_problems(config: TurnoutConfig, file: Path) -> list[str]:
 
 def _price_problems(config: TurnoutConfig, file: Path) -> list[str]:
     """Every OpenAI model a policy names needs a price (litellm's map or costs.openai.models)."""
-    from gateway.accounting.prices import PriceError, litellm_price_map, openai_price
-
     used = [
         (f"policies.{name}.{at}", target.openai)
         for name, policy in config.policies.items()

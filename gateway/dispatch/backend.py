@@ -7,16 +7,15 @@ the backend held for the request (an adapter lease, the connection).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.accounting.ledger import Ledger
 from gateway.adapters.manager import AdapterManager
-from gateway.api.protocol import UPSTREAM_PATHS, Endpoint
 from gateway.dispatch.shaping import shape_body
 from gateway.errors import UpstreamModelMissing
+from gateway.protocol.requests import PATHS, Endpoint
 from gateway.upstream.client import Upstream
 from routing import RequestFeatures, Target, TargetKind
 
@@ -50,7 +49,7 @@ class Call:
 
     @property
     def path(self) -> str:
-        return UPSTREAM_PATHS[self.endpoint]
+        return PATHS[self.endpoint]
 
 
 @dataclass(slots=True)
@@ -90,42 +89,28 @@ class VllmBackend:
 
     async def open(self, target: Target, call: Call) -> Opened:
         body = shape_body(call.raw, call.data, call.endpoint, target, target.name)
-        call.ledger.added_prompt = [target.system_prompt] if target.system_prompt else []
+        call.ledger.added_to_prompt(target.system_prompt)
         return await self.open_body(target, call, body)
 
     async def open_body(self, target: Target, call: Call, body: bytes) -> Opened:
         """Send ``body`` (already shaped for ``target``) for ``call``."""
-        path, request_id, ledger, clock = call.path, call.features.request_id or None, call.ledger, time.perf_counter
+        path, request_id, ledger = call.path, call.features.request_id or None, call.ledger
         if target.kind is not TargetKind.ADAPTER:
-            started = clock()
-            ledger.sent = True  # a non-streaming answer's headers come only once it is generated
-            try:
+            with ledger.sending():  # a non-streaming answer's headers come only once it is generated
                 return Opened(await self.upstream.open(path, body, model=target.name, request_id=request_id))
-            except Exception:
-                ledger.sent = False  # refused or failed: nothing generated (a cancellation keeps it)
-                raise
-            finally:
-                ledger.upstream_s += clock() - started
-        started = clock()
-        try:
+        with ledger.waiting_elsewhere():
             lease = await self.adapters.acquire(target.name)  # a load, when the adapter is not resident
-        finally:
-            sent = clock()
-            ledger.excluded_s += sent - started
-        ledger.sent = True
         try:
-            try:
-                response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
-            except UpstreamModelMissing:
-                # vLLM forgot the adapter (it restarted): load it again and send the request once more.
-                lease.release()
-                await self.adapters.heal(target.name)
-                lease = await self.adapters.acquire(target.name)
-                response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
-            finally:
-                ledger.upstream_s += clock() - sent
-        except BaseException as exc:
-            ledger.sent = not isinstance(exc, Exception)
+            with ledger.sending():
+                try:
+                    response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
+                except UpstreamModelMissing:
+                    # vLLM forgot the adapter (it restarted): load it again and send the request once more.
+                    lease.release()
+                    await self.adapters.heal(target.name)
+                    lease = await self.adapters.acquire(target.name)
+                    response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
+        except BaseException:
             lease.release()
             raise
         return Opened(response, lease.release)

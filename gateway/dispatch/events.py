@@ -25,12 +25,12 @@ from typing import Any
 import orjson
 
 from gateway.accounting.ledger import Ledger
-from gateway.accounting.usage import usage_of
 from gateway.errors import TurnoutError, UpstreamError
+from gateway.protocol import sse
+from gateway.protocol.usage import usage_of
 
-_DONE = b"data: [DONE]"
 _USAGE = b'"usage"'
-_UPSTREAM_ERROR = b'data: {"error"'
+_UPSTREAM_ERROR = sse.DATA + b'{"error"'
 # an event that carries generated text (the first chat chunk only announces the role, with empty content)
 _GENERATED = re.compile(rb'"(?:content|text|reasoning_content)":\s*"[^"]|"tool_calls":\s*\[\s*\{')
 
@@ -38,45 +38,42 @@ _GENERATED = re.compile(rb'"(?:content|text|reasoning_content)":\s*"[^"]|"tool_c
 async def accounted_events(
     chunks: AsyncIterator[bytes], ledger: Ledger, citations: list[dict[str, Any]] | None
 ) -> AsyncIterator[bytes]:
-    clock = time.perf_counter
     iterator = aiter(chunks)
     buffer = b""
     meta: dict[str, Any] | None = None
     held: dict[str, Any] | None = None  # the upstream's usage event (no choices), parsed
     while True:
-        waited = clock()
         try:
-            chunk = await anext(iterator)
+            with ledger.waiting_upstream():
+                chunk = await anext(iterator)
         except StopAsyncIteration:
-            ledger.upstream_s += clock() - waited
             break
-        ledger.upstream_s += clock() - waited
         buffer = buffer + chunk if buffer else chunk
-        while (cut := buffer.find(b"\n\n")) >= 0:
-            event, buffer = buffer[:cut], buffer[cut + 2 :]
-            if not event.startswith(b"data: "):
-                yield event + b"\n\n"  # comments, retry hints: not ours to judge
+        while (cut := buffer.find(sse.END)) >= 0:
+            event, buffer = buffer[:cut], buffer[cut + len(sse.END) :]
+            if not event.startswith(sse.DATA):
+                yield event + sse.END  # comments, retry hints: not ours to judge
                 continue
-            if event.rstrip() == _DONE:
+            if sse.is_done(event):
                 yield _closing_event(ledger, meta, held, citations)
-                yield event + b"\n\n"
+                yield event + sse.END
                 continue
             if meta is None:
                 meta = _event_meta(event)
-            if _USAGE in event and (body := _parsed(event)) is not None and (usage := usage_of(body)) is not None:
+            if _USAGE in event and (body := sse.parsed(event)) is not None and (usage := usage_of(body)) is not None:
                 # the last figures count: with continuous usage stats every chunk carries running totals
-                ledger.usage = usage
+                ledger.saw_usage(usage)
                 if not body.get("choices"):
                     held = body  # said in the closing event instead
                     continue
                 if not ledger.wants_usage:
-                    event = b"data: " + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
-            if event.startswith(_UPSTREAM_ERROR) and ledger.stream_error is None:
-                ledger.stream_error = _upstream_error(event)
+                    event = sse.DATA + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
+            if event.startswith(_UPSTREAM_ERROR):
+                ledger.saw_stream_error(_upstream_error(event))
             ledger.keep_event(event)
             if ledger.first_token_at is None and _GENERATED.search(event):
-                ledger.first_token_at = clock()
-            yield event + b"\n\n"
+                ledger.saw_first_token()
+            yield event + sse.END
     if buffer:
         yield buffer
 
@@ -103,27 +100,19 @@ def _closing_event(
     if citations is not None:
         event["citations"] = citations
     event["turnout"] = {"cost_usd": cost, "estimated": bool(usage is not None and usage.estimated)}
-    return b"data: " + orjson.dumps(event) + b"\n\n"
+    return sse.json_event(event)
 
 
 def _upstream_error(event: bytes) -> TurnoutError:
     """The upstream's own in-band error event (vLLM sends one when generation fails mid-stream)."""
-    body = _parsed(event)
+    body = sse.parsed(event)
     error = body.get("error") if body is not None else None
     message = error.get("message") if isinstance(error, dict) else None
     return UpstreamError(f"the upstream reported an error mid-stream: {str(message or 'no details')[:300]}")
 
 
-def _parsed(event: bytes) -> dict[str, Any] | None:
-    try:
-        body = orjson.loads(event[len(b"data: ") :])
-    except orjson.JSONDecodeError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _event_meta(event: bytes) -> dict[str, Any] | None:
-    body = _parsed(event)
+    body = sse.parsed(event)
     if body is None:
         return None
     return {k: body[k] for k in ("id", "object", "created", "model") if k in body}

@@ -9,7 +9,6 @@ the answer is handed back, so a failure before the first byte can still fall bac
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,9 @@ from gateway.config.model import OpenAIConfig
 from gateway.dispatch.answers import StaticAnswer
 from gateway.dispatch.backend import Call, Opened
 from gateway.dispatch.shaping import shape_data
-from gateway.errors import (
-    TurnoutError,
-    UpstreamError,
-    UpstreamModelMissing,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.errors import UpstreamError
+from gateway.failures import Boundary, translate
+from gateway.protocol import sse
 from routing import Target
 
 _NOT_FORWARDED = {"model", "messages", "prompt", "stream", "metadata", "user"}
@@ -47,7 +41,7 @@ class LiteLLMStream:
         yield _event(self._first)
         async for chunk in self._rest:
             yield _event(chunk)
-        yield b"data: [DONE]\n\n"
+        yield sse.DONE_EVENT
 
     def close(self) -> None:
         # Nothing to do here: when the client leaves, iteration stops and litellm's stream object,
@@ -56,7 +50,7 @@ class LiteLLMStream:
 
 
 def _event(chunk: Any) -> bytes:
-    return b"data: " + str(chunk.model_dump_json(exclude_none=True)).encode() + b"\n\n"
+    return sse.event(str(chunk.model_dump_json(exclude_none=True)).encode())
 
 
 class OpenAIBackend:
@@ -111,42 +105,18 @@ class OpenAIBackend:
             "stream": stream,
             **params,
         }
-        call.ledger.added_prompt = [target.system_prompt] if target.system_prompt else []
-        call.ledger.sent = True
-        started = time.perf_counter()
+        call.ledger.added_to_prompt(target.system_prompt)
         try:
-            if call.endpoint == "chat":
-                response = await litellm.acompletion(messages=data["messages"], **common)
-            else:
-                response = await litellm.atext_completion(prompt=data["prompt"], **common)
-            if not stream:
-                return Opened(StaticAnswer(response.model_dump_json(exclude_none=True).encode(), "application/json"))
-            iterator = aiter(response)
-            first = await anext(iterator)
-        except Exception as exc:  # litellm raises its own tree; map it by kind
-            call.ledger.sent = False
-            if isinstance(exc, TurnoutError):
-                raise
-            raise _mapped(exc, target.name) from exc
-        finally:
-            call.ledger.upstream_s += time.perf_counter() - started
+            with call.ledger.sending():
+                if call.endpoint == "chat":
+                    response = await litellm.acompletion(messages=data["messages"], **common)
+                else:
+                    response = await litellm.atext_completion(prompt=data["prompt"], **common)
+                if not stream:
+                    answer = StaticAnswer(response.model_dump_json(exclude_none=True).encode(), "application/json")
+                    return Opened(answer)
+                iterator = aiter(response)
+                first = await anext(iterator)
+        except Exception as exc:  # litellm raises its own tree: see gateway.failures for what each kind means
+            raise translate(exc, Boundary.OPENAI, repr(target.name)) from exc
         return Opened(LiteLLMStream(first, iterator))
-
-
-def _mapped(exc: Exception, model: str) -> TurnoutError:
-    from litellm import exceptions as e
-
-    message = str(getattr(exc, "message", exc))[:500]
-    if isinstance(exc, e.Timeout):
-        return UpstreamTimeout(f"OpenAI did not answer in time: {message}")
-    # litellm reports a refused connection as an InternalServerError saying "Connection error."
-    unreachable = isinstance(exc, e.InternalServerError) and "Connection error" in message
-    if unreachable or isinstance(exc, e.APIConnectionError | e.ServiceUnavailableError | e.RateLimitError):
-        return UpstreamUnavailable(f"OpenAI is unreachable or overloaded: {message}")
-    if isinstance(exc, e.NotFoundError):
-        return UpstreamModelMissing(f"OpenAI does not serve model {model!r}: {message}")
-    if isinstance(exc, e.AuthenticationError | e.PermissionDeniedError):
-        return UpstreamError(f"OpenAI refused the gateway's key: {message}")
-    if isinstance(exc, e.BadRequestError | e.UnprocessableEntityError):
-        return UpstreamRejected(message, status=int(getattr(exc, "status_code", 400) or 400))
-    return UpstreamError(f"OpenAI request failed: {exc.__class__.__name__}: {message}")

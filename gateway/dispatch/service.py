@@ -1,9 +1,12 @@
-"""The completion service: parse, route, open the target (or its fallbacks), and answer.
+"""The completion service: parse, route, and carry the decision out (the target, or its fallbacks).
 
 The router only decides; this service carries the decision out. Targets are tried in the decision's
 order while failures happen *before the first byte* and their error class ``falls_back`` (upstream
 down, timeout, overloaded, an adapter that cannot be loaded): the one point where trying elsewhere
 cannot duplicate output.
+
+``complete`` returns a plain :class:`gateway.dispatch.delivery.Completion`; turning it into a streamed
+or buffered HTTP response is the HTTP layer's job alone.
 """
 
 from __future__ import annotations
@@ -16,16 +19,14 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from starlette.responses import Response
-
 from gateway.accounting.ledger import CLIENT_LEFT, Accounting
-from gateway.api.protocol import Endpoint, parse_request
 from gateway.dispatch.answers import with_citations
 from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
+from gateway.dispatch.delivery import Completion
 from gateway.dispatch.shaping import request_features
-from gateway.dispatch.streaming import BufferedAnswer, PassThroughStream
 from gateway.embeddings import Embedder
 from gateway.errors import ModelNotFound, RetrievalUnavailable, TurnoutError
+from gateway.protocol.requests import Endpoint, parse_request
 from routing import Decision, RequestFeatures, RoutingTable, TargetKind, decide, explain
 
 log = logging.getLogger("turnout.dispatch")
@@ -50,11 +51,19 @@ class Routed:
     table: RoutingTable  # the table this request was routed by (a reload may swap the service's own)
 
 
-class CompletionService:
-    """Serves completions by the current routing table (a reload swaps ``table`` in one assignment).
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """What a reload replaces, together: the routing table and the embedder its intents were embedded by."""
 
-    Each request reads ``table`` once and keeps that table to the end, so a reload never changes the
-    rules under a request that is halfway through them."""
+    table: RoutingTable
+    embedder: Embedder | None
+
+
+class CompletionService:
+    """Serves completions by the current routing table (a reload swaps it, with its embedder, in one step).
+
+    Each request reads the table once and keeps it to the end, so a reload never changes the rules under
+    a request that is halfway through them."""
 
     def __init__(
         self,
@@ -63,15 +72,27 @@ class CompletionService:
         embedder: Embedder | None,
         accounting: Accounting,
     ) -> None:
-        self.table = table
+        self._serving = _Serving(table, embedder)
         self.backends = backends
-        self.embedder = embedder
         self.accounting = accounting
         self.metrics = accounting.metrics
 
+    @property
+    def table(self) -> RoutingTable:
+        return self._serving.table
+
+    @property
+    def embedder(self) -> Embedder | None:
+        return self._serving.embedder
+
+    def swap(self, table: RoutingTable, embedder: Embedder | None) -> None:
+        """Route requests that arrive from now on by ``table`` (built with ``embedder``): a reload."""
+        self._serving = _Serving(table, embedder)
+
     async def features(
-        self, endpoint: Endpoint, raw: bytes, ctx: RequestContext, table: RoutingTable
+        self, endpoint: Endpoint, raw: bytes, ctx: RequestContext, serving: _Serving
     ) -> tuple[dict[str, Any], bool, RequestFeatures]:
+        table, embedder = serving.table, serving.embedder
         data, request = parse_request(endpoint, raw)
         features = request_features(
             request, ctx.request_id, ctx.tenant, ctx.headers, conversation=table.needs_conversation(request.model)
@@ -83,50 +104,45 @@ class CompletionService:
             )
         if table.needs_embedding(features.model):
             # One embedding per request: semantic conditions and retrieval share it.
-            assert self.embedder is not None, "a table that needs embeddings is built with an embedder"
-            embedding = await self.embedder.embed_query(features.text)
+            assert embedder is not None, "a table that needs embeddings is built with an embedder"
+            embedding = await embedder.embed_query(features.text)
             features = replace(features, embedding=embedding)
         return data, bool(request.stream), features
 
     async def route(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Routed:
-        table = self.table
-        data, stream, features = await self.features(endpoint, raw, ctx, table)
-        decision = decide(features, table)
+        serving = self._serving
+        data, stream, features = await self.features(endpoint, raw, ctx, serving)
+        decision = decide(features, serving.table)
         assert decision is not None  # the name was checked in features()
-        return Routed(data, stream, features, decision, table)
+        return Routed(data, stream, features, decision, serving.table)
 
     async def explain(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> dict[str, Any]:
         """What ``complete`` would decide for this body, and why, without calling any backend."""
-        table = self.table
-        _, _, features = await self.features(endpoint, raw, ctx, table)
-        explained = explain(features, table)
+        serving = self._serving
+        _, _, features = await self.features(endpoint, raw, ctx, serving)
+        explained = explain(features, serving.table)
         assert explained is not None
         return explained
 
-    async def complete(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Response:
+    async def complete(self, endpoint: Endpoint, raw: bytes, ctx: RequestContext) -> Completion:
+        """Parse and route the request and open its ledger; the answer is opened by ``Completion.open``.
+        A request refused here (malformed, unknown model) is recorded in the ledger and raised."""
         ledger = self.accounting.open(endpoint, ctx.started)
         try:
             routed = await self.route(endpoint, raw, ctx)
-            decision = routed.decision
-            ledger.routed(routed.features.model, routed.data, routed.stream)
-            self.metrics.decision(routed.features.model, decision.rule).inc()
-            call = Call(endpoint, raw, routed.data, routed.features, ledger)
-            if not routed.stream:
-                # A non-streaming answer arrives only when generation is done: it is opened inside the
-                # response, which watches the client meanwhile and stops the upstream if the client leaves.
-                return BufferedAnswer(partial(self.open, call, routed, ctx), ledger)
-            opened, headers = await self.open(call, routed, ctx)
         except TurnoutError as exc:
             ledger.fail(exc)
             raise
         except Exception:
-            ledger.crash()  # a bug: the lane answers it with the 500 envelope
+            ledger.crash()  # a bug: answered with the 500 envelope
             raise
         except BaseException:
-            ledger.finish(CLIENT_LEFT)  # cancelled: the client left while the stream was being opened
+            ledger.finish(CLIENT_LEFT)  # cancelled: the client left while the request was being routed
             raise
-        headers["x-turnout-overhead-ms"] = f"{ledger.overhead_s() * 1000:.3f}"
-        return PassThroughStream(opened, headers, ledger, opened.citations)
+        ledger.routed(routed.features.model, routed.data, routed.stream)
+        self.metrics.decision(routed.features.model, routed.decision.rule).inc()
+        call = Call(endpoint, raw, routed.data, routed.features, ledger)
+        return Completion(endpoint, routed.stream, ledger, partial(self.open, call, routed, ctx))
 
     async def open(self, call: Call, routed: Routed, ctx: RequestContext) -> tuple[Opened, dict[str, str]]:
         """Open the answer for the decision, following rules that pass the request on."""
@@ -159,7 +175,7 @@ class CompletionService:
                 headers["x-turnout-passed-rules"] = ",".join(passed)
             if failed:
                 headers["x-turnout-fallback-from"] = ",".join(failed)
-            call.ledger.target = target
+            call.ledger.trying(target)
             try:
                 opened = await self.backends[target.kind].open(target, call)
             except PassToNextRule:
@@ -184,7 +200,7 @@ class CompletionService:
                     continue
                 exc.headers.update(headers)
                 raise
-            call.ledger.opened = True
+            call.ledger.answer_opened()
             headers.update(opened.headers)
             if any(label.endswith("(retrieval)") for label in failed):
                 headers["x-turnout-degraded"] = "retrieval"

@@ -13,11 +13,18 @@ from typing import Any
 
 import orjson
 
-from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, Endpoint, Request, last_user_text
+from gateway.protocol.requests import (
+    CHARS_PER_TOKEN,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Endpoint,
+    Request,
+    asks_usage,
+    last_user_text,
+)
 from routing import RequestFeatures, Target
 
 CONVERSATION_HEADER = "x-turnout-conversation"
-_CHARS_PER_TOKEN = 4  # a rough estimate, good enough to tell short prompts from long ones
 
 
 def request_features(
@@ -32,7 +39,10 @@ def request_features(
     else:
         assert isinstance(request, CompletionRequest)
         prompt = request.prompt
-        chars = len(prompt) if isinstance(prompt, str) else sum(len(p) if isinstance(p, str) else 4 for p in prompt)
+        if isinstance(prompt, str):
+            chars = len(prompt)
+        else:  # several prompts, or token ids (each about one token's worth of characters)
+            chars = sum(len(p) if isinstance(p, str) else CHARS_PER_TOKEN for p in prompt)
         count = 1
         first_user = prompt if isinstance(prompt, str) else None
     metadata = request.metadata or {}
@@ -48,7 +58,7 @@ def request_features(
         user=request.user,
         text=last_user_text(request),
         message_count=count,
-        token_estimate=chars // _CHARS_PER_TOKEN,
+        token_estimate=chars // CHARS_PER_TOKEN,  # rough, but tells short prompts from long
         request_id=request_id,
         conversation=thread,
     )
@@ -60,7 +70,7 @@ def shape_body(raw: bytes, data: dict[str, Any], endpoint: Endpoint, target: Tar
         data.get("model") == upstream_model
         and target.system_prompt is None
         and not target.caps
-        and (not data.get("stream") or _asks_usage(data))
+        and (not data.get("stream") or asks_usage(data))
     ):
         return raw
     return orjson.dumps(shape_data(data, endpoint, target, upstream_model))
@@ -70,7 +80,7 @@ def shape_data(data: dict[str, Any], endpoint: Endpoint, target: Target, upstrea
     """A copy of the request body shaped for ``target`` (the client's own dict is never changed)."""
     caps = target.caps
     body = {**data, "model": upstream_model}
-    if body.get("stream") and not _asks_usage(body):
+    if body.get("stream") and not asks_usage(body):
         # Every stream is costed from the upstream's own usage figures; the client sees them only if it
         # asked (gateway.dispatch.events drops them otherwise).
         options = body.get("stream_options")
@@ -90,11 +100,6 @@ def shape_data(data: dict[str, Any], endpoint: Endpoint, target: Target, upstrea
             # absent means the backend's default of 1.0, which the cap also bounds
             body[key] = min(given if isinstance(given, int | float) else 1.0, cap)
     return body
-
-
-def _asks_usage(data: dict[str, Any]) -> bool:
-    options = data.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _add_system_prompt(body: dict[str, Any], endpoint: Endpoint, prompt: str) -> None:

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.rag.parsed import Parsed, Unreadable
+
 SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf", ".jsonl"})
 
 
@@ -127,17 +129,6 @@ def load_path(path: Path) -> Iterator[Document | LoadFailure]:
 # --- walking and reading -------------------------------------------------------------------------------
 
 
-class _Unreadable(Exception):
-    """A file's content cannot be turned into a document; the message is the failure's reason."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    text: str
-    title: str
-    url: str | None = None
-
-
 def _source_of(path: Path) -> str:
     """Forward slashes on every platform, so ids do not depend on where ingestion ran."""
     return path.as_posix()
@@ -198,7 +189,7 @@ def _load_file(path: Path, source: str) -> Iterator[Document | LoadFailure]:
         return
     try:
         parsed = _PARSERS[suffix](data, path.stem)
-    except _Unreadable as exc:
+    except Unreadable as exc:
         yield LoadFailure(source, str(exc))
         return
     if not parsed.text.strip():
@@ -221,12 +212,12 @@ _ATX_H1 = re.compile(r" {0,3}#[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 
 
-def _parse_text(data: bytes, stem: str) -> _Parsed:
+def _parse_text(data: bytes, stem: str) -> Parsed:
     try:
         text = data.decode("utf-8-sig")  # a byte-order mark is encoding, not text
     except UnicodeDecodeError as exc:
-        raise _Unreadable(f"not valid UTF-8 (byte {exc.start})") from exc
-    return _Parsed(text, _markdown_title(text) or stem)
+        raise Unreadable(f"not valid UTF-8 (byte {exc.start})") from exc
+    return Parsed(text, _markdown_title(text) or stem)
 
 
 def _markdown_title(text: str) -> str | None:
@@ -252,19 +243,19 @@ def _toggle_fence(open_fence: str | None, marker: str) -> str | None:
 # --- HTML and PDF (their parsers are imported only when such a file is ingested) ----------------------
 
 
-def _parse_html(data: bytes, stem: str) -> _Parsed:
+def _parse_html(data: bytes, stem: str) -> Parsed:
     from gateway.rag.formats import parse_html
 
     return parse_html(data, stem)
 
 
-def _parse_pdf(data: bytes, stem: str) -> _Parsed:
+def _parse_pdf(data: bytes, stem: str) -> Parsed:
     from gateway.rag.formats import parse_pdf
 
     return parse_pdf(data, stem)
 
 
-_PARSERS: dict[str, Callable[[bytes, str], _Parsed]] = {
+_PARSERS: dict[str, Callable[[bytes, str], Parsed]] = {
     ".md": _parse_text,
     ".markdown": _parse_text,
     ".txt": _parse_text,

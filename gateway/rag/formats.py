@@ -10,7 +10,7 @@ from bs4 import BeautifulSoup
 from bs4.element import NavigableString, PageElement, PreformattedString, Tag
 from pypdf import PasswordType, PdfReader
 
-from gateway.rag.documents import _Parsed, _Unreadable
+from gateway.rag.parsed import Parsed, Unreadable
 
 # --- HTML ----------------------------------------------------------------------------------------------
 
@@ -27,13 +27,13 @@ _CELL_TAGS = frozenset({"td", "th"})
 _INLINE_SPACE = re.compile(r"\s+")
 
 
-def parse_html(data: bytes, stem: str) -> _Parsed:
+def parse_html(data: bytes, stem: str) -> Parsed:
     try:
         soup = BeautifulSoup(_html_markup(data), "html.parser")
     except Exception as exc:  # the parser's failures are not part of its API; any of them means "unusable"
-        raise _Unreadable(f"cannot parse HTML: {exc}") from exc
+        raise Unreadable(f"cannot parse HTML: {exc}") from exc
     title = _element_text(soup.find("title")) or _element_text(soup.find("h1")) or stem
-    return _Parsed(_html_text(soup.body or soup), title, _canonical_url(soup))
+    return Parsed(_html_text(soup.body or soup), title, _canonical_url(soup))
 
 
 def _html_markup(data: bytes) -> str | bytes:
@@ -98,18 +98,18 @@ def _html_text(root: Tag) -> str:
 # --- PDF -----------------------------------------------------------------------------------------------
 
 
-def parse_pdf(data: bytes, stem: str) -> _Parsed:
+def parse_pdf(data: bytes, stem: str) -> Parsed:
     try:
         reader = PdfReader(BytesIO(data))
         if reader.is_encrypted:
             _unlock(reader)
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
         title = ((reader.metadata.title if reader.metadata else None) or "").strip()
-    except _Unreadable:
+    except Unreadable:
         raise
     except Exception as exc:  # broken PDFs fail in many ways inside pypdf; each means "unusable"
-        raise _Unreadable(f"cannot read PDF: {str(exc) or type(exc).__name__}") from exc
-    return _Parsed("\n\n".join(page for page in pages if page), title or stem)
+        raise Unreadable(f"cannot read PDF: {str(exc) or type(exc).__name__}") from exc
+    return Parsed("\n\n".join(page for page in pages if page), title or stem)
 
 
 def _unlock(reader: PdfReader) -> None:
@@ -117,6 +117,6 @@ def _unlock(reader: PdfReader) -> None:
     try:
         opened = reader.decrypt("") != PasswordType.NOT_DECRYPTED
     except Exception as exc:  # e.g. an unsupported algorithm
-        raise _Unreadable(f"encrypted PDF: {exc}") from exc
+        raise Unreadable(f"encrypted PDF: {exc}") from exc
     if not opened:
-        raise _Unreadable("encrypted PDF: a password is needed")
+        raise Unreadable("encrypted PDF: a password is needed")

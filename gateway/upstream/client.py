@@ -1,8 +1,11 @@
-"""One pooled aiohttp client per OpenAI-compatible upstream, and the mapping of its failures.
+"""One pooled aiohttp client per OpenAI-compatible upstream.
 
 aiohttp rather than httpx on the hot path: measured on these machines, httpx's AsyncClient held
 88-172 requests/s at concurrency 32 where aiohttp held ~1,600 (see the README's benchmark notes).
-The session is created in the app's lifespan and closed on shutdown.
+The session is created in the app's lifespan and closed on shutdown. What aiohttp's exceptions and the
+server's statuses mean is decided in :mod:`gateway.failures`.
+
+May import: ``gateway.errors``, ``gateway.failures``, ``gateway.protocol``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.errors import (
-    UpstreamError,
-    UpstreamModelMissing,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.errors import UpstreamError
+from gateway.failures import Boundary, for_status, translate
+from gateway.protocol.envelope import error_message
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -41,10 +40,11 @@ class UpstreamSettings:
 class UpstreamResponse:
     """A successful (2xx) upstream answer whose body has not been read yet; release it when done."""
 
-    __slots__ = ("_response",)
+    __slots__ = ("_name", "_response")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, name: str) -> None:
         self._response = response
+        self._name = name
 
     @property
     def status(self) -> int:
@@ -57,10 +57,8 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the upstream stopped answering before the response was complete") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"the upstream broke off the response: {exc.__class__.__name__}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise translate(exc, Boundary.READ, self._name) from exc
         finally:
             self._response.release()
 
@@ -86,6 +84,7 @@ class Upstream:
         self._urls: dict[str, URL] = {}  # parsed once per path, not on every request
         self._prefix = secrets.token_hex(3)
         self._serial = itertools.count(1)
+        self._subject = f"{settings.name} at {settings.url}"
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
         )
@@ -105,7 +104,7 @@ class Upstream:
             headers = {**self._headers, "x-request-id": f"{request_id}-{self._prefix}{next(self._serial):x}"}
         response = await self._send("POST", path, body, self._timeout, headers)
         if response.status < 300:
-            return UpstreamResponse(response)
+            return UpstreamResponse(response, self.settings.name)
         raise await self._error_from(response, model)
 
     async def request(
@@ -119,10 +118,8 @@ class Upstream:
         response = await self._send(method, path, body, timeout, self._headers)
         try:
             return response.status, await response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"{self.settings.name} did not finish answering {path} in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{self.settings.name} broke off its answer to {path}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise translate(exc, Boundary.READ, f"{self.settings.name} ({path})") from exc
         finally:
             response.release()
 
@@ -132,7 +129,6 @@ class Upstream:
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = URL(self.settings.url + path)
-        name = self.settings.name
         # One retry for a pooled connection the server closed while idle (a restarted server): nothing
         # reached the server on the failed attempt, so sending again cannot duplicate work.
         for attempt in (1, 2):
@@ -140,13 +136,9 @@ class Upstream:
                 return await self._session.request(method, url, data=body, headers=headers, timeout=limits)
             except aiohttp.ServerDisconnectedError as exc:
                 if attempt == 2:
-                    raise UpstreamUnavailable(f"{name} at {self.settings.url} closed the connection") from exc
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                raise UpstreamUnavailable(f"cannot connect to {name} at {self.settings.url}") from exc
-            except TimeoutError as exc:
-                raise UpstreamTimeout(f"{name} at {self.settings.url} did not answer in time") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{name} request failed: {exc.__class__.__name__}") from exc
+                    raise translate(exc, Boundary.SEND, self._subject) from exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise translate(exc, Boundary.SEND, self._subject) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _error_from(self, response: aiohttp.ClientResponse, model: str) -> UpstreamError:
@@ -157,35 +149,4 @@ class Upstream:
         finally:
             response.release()
         message, param = error_message(raw)
-        status = response.status
-        name = self.settings.name
-        if status in (401, 403):
-            # vLLM refused the gateway's own credentials: not the client's fault, and another target may work
-            return UpstreamError(f"{name} refused the gateway's credentials ({status}); check vllm.api_key")
-        if status == 404:
-            return UpstreamModelMissing(f"{name} does not serve model {model!r}: {message}")
-        if status == 408 or status == 504:
-            return UpstreamTimeout(f"{name} timed out: {message}")
-        if 400 <= status < 500 and status != 429:
-            return UpstreamRejected(message, status=status, param=param)
-        if status == 429 or status == 503:
-            return UpstreamUnavailable(f"{name} is overloaded ({status}): {message}")
-        return UpstreamError(f"{name} failed with status {status}: {message}")
-
-
-def error_message(raw: bytes) -> tuple[str, str | None]:
-    """The upstream's own error message (OpenAI envelope or vLLM's older flat form), bounded."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        text = raw.decode("utf-8", "replace").strip()
-        return (text[:500] or "no details"), None
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            message = err.get("message")
-            param = err.get("param")
-            return (str(message)[:2000] if message else "no details"), (param if isinstance(param, str) else None)
-        if isinstance(err, str):
-            return err[:2000], None
-    return "no details", None
+        return for_status(response.status, message, param, subject=self.settings.name, model=model)

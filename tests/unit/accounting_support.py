@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 
 from gateway.accounting.ledger import Accounting, Ledger
-from gateway.api.protocol import Endpoint
 from gateway.config.model import (
     CostsConfig,
     OpenAICostConfig,
@@ -23,6 +22,7 @@ from gateway.config.model import (
 from gateway.dispatch.answers import written_answer
 from gateway.dispatch.events import accounted_events
 from gateway.metrics import Metrics
+from gateway.protocol.requests import Endpoint
 from routing import Target, TargetKind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,8 +154,9 @@ def routed_ledger(
 ) -> Ledger:
     ledger = accounting.open(endpoint, time.perf_counter())
     ledger.routed(policy, dict(data if data is not None else CHAT_DATA, stream=stream), stream)
-    ledger.target = target
-    ledger.opened = opened
+    ledger.trying(target)
+    if opened:
+        ledger.answer_opened()
     return ledger
 
 
@@ -236,7 +237,7 @@ def last_chunk_with_usage() -> bytes:
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside gateway.dispatch.events: a clock only the test moves."""
+    """Stands in for the ``time`` module inside gateway.accounting.ledger: a clock only the test moves."""
 
     def __init__(self) -> None:
         self.now = 100.0
@@ -277,5 +278,5 @@ def refusal_ledger(accounting: Accounting, endpoint: Endpoint, wants_usage: bool
     if wants_usage:
         data["stream_options"] = {"include_usage": True}
     ledger = routed_ledger(accounting, RAG, stream=True, data=data, endpoint=endpoint, policy="docs-bot")
-    ledger.retrievals = 1
+    ledger.retrieved(0)
     return ledger

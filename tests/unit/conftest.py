@@ -13,6 +13,7 @@ from gateway.metrics import Metrics
 from tests.unit.accounting_support import (
     GPT_PRICE,
     TOKENIZER,
+    FakeTime,
     costs,
 )
 
@@ -33,3 +34,11 @@ def metrics() -> Metrics:
 def accounting(metrics: Metrics) -> Accounting:
     prices = PriceBook(costs(openai={"gpt-4o-mini": GPT_PRICE}), ["gpt-4o-mini"])
     return Accounting(metrics, prices, TokenCounter(None))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    """The ledgers' clock, moved only by the test (their timers and first-token time read it)."""
+    fake = FakeTime()
+    monkeypatch.setattr("gateway.accounting.ledger.time", fake)
+    return fake

@@ -4,15 +4,16 @@ Pure logic: no network, no vLLM; the metrics are a real registry."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from gateway.accounting.ledger import CLIENT_LEFT, Accounting, dollars
 from gateway.accounting.prices import PriceBook
-from gateway.accounting.usage import Usage
 from gateway.errors import ModelNotFound, UpstreamTimeout
 from gateway.metrics import Metrics
+from gateway.protocol.usage import Usage
 from tests.unit.accounting_support import (
     BASE,
     CHAT_DATA,
@@ -20,6 +21,7 @@ from tests.unit.accounting_support import (
     GPT,
     RAG,
     SEARCH_PER_QUERY,
+    FakeTime,
     chat_chunk,
     costs,
     requests_total,
@@ -32,8 +34,7 @@ from tests.unit.accounting_support import (
 
 def test_settle_with_usage_adds_generation_embedding_and_search(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, RAG)
-    ledger.retrievals = 1
-    ledger.embedding_tokens = 12
+    ledger.retrieved(12)
     cost = ledger.settle(Usage(500, 50))
     assert cost == pytest.approx(vllm_cost(500, 50) + 12 * EMBEDDING_PER_1M * 1e-6 + SEARCH_PER_QUERY, rel=1e-12)
     assert ledger.cost == cost
@@ -55,7 +56,8 @@ def test_settle_is_fixed_once(accounting: Accounting) -> None:
 
 def test_settle_without_usage_estimates_from_the_events(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, BASE, stream=True)
-    ledger.events += [chat_chunk({"role": "assistant", "content": ""}), chat_chunk({"content": "Hello world!"})]
+    ledger.keep_event(chat_chunk({"role": "assistant", "content": ""}))
+    ledger.keep_event(chat_chunk({"content": "Hello world!"}))
     cost = ledger.settle(None)
     # TokenCounter(None): one message of 8 characters (2) + framing 4 + 3; "Hello world!" 12 characters (3).
     assert ledger.usage == Usage(2 + 4 + 3, 3, estimated=True)
@@ -64,24 +66,24 @@ def test_settle_without_usage_estimates_from_the_events(accounting: Accounting) 
 
 def test_settle_without_usage_estimates_a_whole_answer(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, BASE, endpoint="completions", data={"model": "tiny", "prompt": "abcdefgh"})
-    ledger.events.append(b'{"choices":[{"index":0,"text":"abcdefgh"}]}')
+    ledger.keep_event(b'{"choices":[{"index":0,"text":"abcdefgh"}]}')
     ledger.settle(None)
     assert ledger.usage == Usage(2, 2, estimated=True)
 
 
 def test_settle_without_usage_when_nothing_was_opened_costs_only_retrieval(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, RAG, opened=False)
-    ledger.events.append(chat_chunk({"content": "Hello world!"}))
-    ledger.retrievals = 1
+    ledger.keep_event(chat_chunk({"content": "Hello world!"}))
+    ledger.retrieved(0)
     assert ledger.settle(None) == pytest.approx(SEARCH_PER_QUERY)
     assert ledger.usage is None
 
 
-def test_finish_records_once(accounting: Accounting, metrics: Metrics) -> None:
+def test_finish_records_once(accounting: Accounting, metrics: Metrics, clock: FakeTime) -> None:
     ledger = routed_ledger(accounting, RAG)
-    ledger.retrievals = 1
-    ledger.embedding_tokens = 20
-    ledger.upstream_s = 0.5
+    ledger.retrieved(20)
+    with ledger.waiting_upstream():
+        clock.now += 0.5
     ledger.settle(Usage(500, 50))
     assert sample(metrics, "turnout_in_flight_requests") == 1
     ledger.finish(200)
@@ -108,7 +110,7 @@ def test_finish_records_once(accounting: Accounting, metrics: Metrics) -> None:
 
 def test_finish_counts_estimated_usage(accounting: Accounting, metrics: Metrics) -> None:
     ledger = routed_ledger(accounting, BASE, stream=True)
-    ledger.events.append(chat_chunk({"content": "Hello world!"}))
+    ledger.keep_event(chat_chunk({"content": "Hello world!"}))
     ledger.finish(CLIENT_LEFT)
     labels = route_labels("tiny", BASE)
     assert requests_total(metrics, "chat", "tiny", BASE, CLIENT_LEFT) == 1
@@ -130,25 +132,30 @@ def test_in_flight_follows_open_ledgers(accounting: Accounting, metrics: Metrics
     assert sample(metrics, "turnout_in_flight_requests") == 0
 
 
-def test_gateway_overhead_excludes_the_waits(accounting: Accounting, metrics: Metrics) -> None:
-    ledger = accounting.open("chat", time.perf_counter() - 1.0)  # arrived a second ago
+def test_gateway_overhead_excludes_the_waits(accounting: Accounting, metrics: Metrics, clock: FakeTime) -> None:
+    ledger = accounting.open("chat", clock.now)
     ledger.routed("tiny", CHAT_DATA, False)
-    ledger.target = BASE
-    ledger.opened = True
-    ledger.upstream_s = 0.6
-    ledger.excluded_s = 0.3
+    ledger.trying(BASE)
+    clock.now += 0.05  # the gateway's own work: parsing, routing
+    with ledger.waiting_elsewhere():
+        clock.now += 0.3  # an adapter load
+    with ledger.sending():
+        clock.now += 0.6  # the upstream generating
+    ledger.answer_opened()
+    clock.now += 0.05  # the gateway's own work: accounting, writing
+    assert ledger.overhead_s() == pytest.approx(0.1)
     ledger.finish(200)
     overhead = sample(metrics, "turnout_gateway_overhead_seconds_sum", route_kind="base", stream="false")
     duration = sample(metrics, "turnout_request_duration_seconds_sum", **route_labels("tiny", BASE), stream="false")
-    assert duration is not None
-    assert overhead is not None
-    assert duration >= 1.0
-    assert overhead == pytest.approx(duration - 0.9, abs=1e-9)
+    upstream = sample(metrics, "turnout_upstream_duration_seconds_sum", backend="vllm", route_kind="base")
+    assert duration == pytest.approx(1.0)
+    assert overhead == pytest.approx(0.1)
+    assert upstream == pytest.approx(0.6)
 
 
 def test_fail_tells_what_was_spent_and_counts_the_error_once(accounting: Accounting, metrics: Metrics) -> None:
     ledger = routed_ledger(accounting, RAG, opened=False)
-    ledger.retrievals = 1
+    ledger.retrieved(0)
     error = UpstreamTimeout("the generator did not answer")
     ledger.fail(error)
     assert error.headers["x-turnout-cost-usd"] == dollars(SEARCH_PER_QUERY) == "0.001"
@@ -161,7 +168,7 @@ def test_fail_tells_what_was_spent_and_counts_the_error_once(accounting: Account
 
 def test_fail_of_an_opened_request_tells_the_estimate(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, BASE, stream=True)
-    ledger.events.append(chat_chunk({"content": "Hello world!"}))
+    ledger.keep_event(chat_chunk({"content": "Hello world!"}))
     error = UpstreamTimeout("went silent")
     ledger.fail(error)
     assert error.headers["x-turnout-cost-usd"] == dollars(ledger.cost or -1.0)
@@ -190,13 +197,18 @@ def test_unknown_model_is_counted_under_policy_none(accounting: Accounting, metr
     assert 'route_kind="none"' in exposition
 
 
-def test_ttft_is_observed_only_with_a_first_token(accounting: Accounting, metrics: Metrics) -> None:
+def test_ttft_is_observed_only_with_a_first_token(accounting: Accounting, metrics: Metrics, clock: FakeTime) -> None:
     labels = route_labels("tiny", BASE)
     silent = routed_ledger(accounting, BASE, stream=True)
     silent.finish(200)
     assert sample(metrics, "turnout_time_to_first_token_seconds_count", **labels) == 0
-    speaking = routed_ledger(accounting, BASE, stream=True)
-    speaking.first_token_at = speaking.started + 0.25
+    speaking = accounting.open("chat", clock.now)
+    speaking.routed("tiny", CHAT_DATA, True)
+    speaking.trying(BASE)
+    clock.now += 0.25
+    speaking.saw_first_token()
+    clock.now += 0.25
+    speaking.saw_first_token()  # only the first counts
     speaking.finish(200)
     assert sample(metrics, "turnout_time_to_first_token_seconds_count", **labels) == 1
     assert sample(metrics, "turnout_time_to_first_token_seconds_sum", **labels) == pytest.approx(0.25)
@@ -204,7 +216,7 @@ def test_ttft_is_observed_only_with_a_first_token(accounting: Accounting, metric
 
 def test_a_ledger_keeps_the_prices_it_started_with(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, GPT)
-    accounting.prices = PriceBook(costs(), [])  # a reload dropped the OpenAI model meanwhile
+    accounting.use_prices(PriceBook(costs(), []))  # a reload dropped the OpenAI model meanwhile
     assert ledger.settle(Usage(1000, 100)) == pytest.approx((1000 * 0.15 + 100 * 0.6) * 1e-6, rel=1e-12)
     ledger.finish(200)
     assert requests_total(accounting.metrics, "chat", "tiny", GPT, 200) == 1
@@ -220,17 +232,29 @@ def test_a_crash_is_a_500_and_an_internal_error_counted_once(accounting: Account
 
 def test_the_estimate_counts_the_prompt_the_gateway_added(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, RAG, stream=True)
-    ledger.added_prompt = ["x" * 400]  # retrieved context: 100 tokens at 4 characters a token
+    ledger.added_to_prompt("x" * 400)  # retrieved context: 100 tokens at 4 characters a token
     ledger.settle(None)
     assert ledger.usage == Usage(2 + 100 + 4 + 3, 0, estimated=True)
 
 
 def test_a_request_sent_but_never_answered_is_estimated(accounting: Accounting) -> None:
     ledger = routed_ledger(accounting, BASE, opened=False)
-    ledger.sent = True  # the client left before the non-streaming answer's headers came
+    with pytest.raises(asyncio.CancelledError), ledger.sending():
+        raise asyncio.CancelledError  # the client left before the non-streaming answer's headers came
+    assert ledger.sent
     ledger.finish(CLIENT_LEFT)
     assert ledger.usage == Usage(2 + 4 + 3, 0, estimated=True)
     assert ledger.cost == pytest.approx(vllm_cost(9, 0), rel=1e-12)
+
+
+def test_a_request_refused_by_the_upstream_was_not_sent(accounting: Accounting) -> None:
+    ledger = routed_ledger(accounting, BASE, opened=False)
+    with pytest.raises(UpstreamTimeout), ledger.sending():
+        raise UpstreamTimeout("refused before generating")
+    assert not ledger.sent
+    ledger.finish(504)
+    assert ledger.usage is None  # nothing generated, nothing estimated
+    assert ledger.cost == 0
 
 
 def test_a_long_stream_keeps_a_bounded_start_and_scales_the_estimate(accounting: Accounting) -> None:

@@ -11,10 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.accounting.ledger import dollars
-from gateway.accounting.prices import PriceBook, PriceError, TokenPrice, litellm_price_map, openai_price
+from gateway.accounting.prices import PriceBook
 from gateway.config.model import (
     TokenPriceConfig,
 )
+from gateway.config.prices import PriceError, TokenPrice, litellm_price_map, openai_price
 from tests.unit.accounting_support import (
     COMPLETION_TPS,
     FT_MODEL,

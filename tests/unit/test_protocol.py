@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.api.protocol import ChatCompletionRequest, last_user_text, parse_request
 from gateway.errors import InvalidRequest
+from gateway.protocol.requests import ChatCompletionRequest, last_user_text, parse_request
 
 
 def test_unknown_fields_pass_through_untouched() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.api.protocol import parse_request
 from gateway.dispatch.shaping import request_features, shape_body
+from gateway.protocol.requests import parse_request
 from routing import Caps, Target, TargetKind
 
 RAW = orjson.dumps(

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-import gateway.dispatch.events as events_module
 from gateway.accounting.ledger import Accounting
-from gateway.accounting.usage import Usage, generated_texts, usage_of_body
-from gateway.api.protocol import Endpoint
 from gateway.dispatch.answers import written_answer
 from gateway.dispatch.events import accounted_events
+from gateway.protocol.requests import Endpoint
+from gateway.protocol.usage import Usage, generated_texts, usage_of_body
 from tests.unit.accounting_support import (
     BASE,
     CHAT_DATA,
@@ -167,11 +166,10 @@ async def test_comments_pass_through(accounting: Accounting) -> None:
     assert ledger.first_token_at is None
 
 
-async def test_upstream_waits_accumulate(accounting: Accounting, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeTime()
-    monkeypatch.setattr(events_module, "time", clock)
+async def test_upstream_waits_accumulate(accounting: Accounting, clock: FakeTime) -> None:
     ledger = stream_ledger(accounting, wants_usage=False)
-    ledger.upstream_s = 1.0  # the wait for the response headers, counted by the backend
+    with ledger.sending():
+        clock.now += 1.0  # the wait for the response headers, counted by the backend
 
     async def slow_upstream() -> AsyncIterator[bytes]:
         for chunk in (wire(ROLE_CHUNK), wire(TEXT_EVENTS[1]), wire(DONE)):
@@ -182,7 +180,7 @@ async def test_upstream_waits_accumulate(accounting: Accounting, monkeypatch: py
     out = [event async for event in accounted_events(slow_upstream(), ledger, None)]
     assert out[-1] == DONE + b"\n\n"
     assert ledger.upstream_s == pytest.approx(1.0 + 3 * 0.5 + 0.25)
-    assert ledger.first_token_at == pytest.approx(101.0)
+    assert ledger.first_token_at == pytest.approx(102.0)  # the second chunk carried the first text
 
 
 async def test_a_trailing_partial_event_is_passed_on(accounting: Accounting) -> None:

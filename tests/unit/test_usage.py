@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.accounting.usage import TokenCounter, Usage, generated_texts, prompt_texts, usage_of, usage_of_body
+from gateway.accounting.usage import TokenCounter
+from gateway.protocol.usage import Usage, generated_texts, prompt_texts, usage_of, usage_of_body
 from tests.unit.accounting_support import (
     TOKENIZER_TEXT,
     chat_chunk,

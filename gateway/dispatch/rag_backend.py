@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from gateway.config.model import CollectionConfig
 from gateway.dispatch.answers import written_answer
@@ -17,10 +18,13 @@ from gateway.dispatch.backend import Call, Opened, PassToNextRule, VllmBackend
 from gateway.dispatch.shaping import shape_body
 from gateway.embeddings import Embedder
 from gateway.errors import RetrievalUnavailable, TurnoutError
+from gateway.failures import Boundary, translate
 from gateway.metrics import Metrics
 from gateway.rag.retrieval import Hit, render_context, retrieve
-from gateway.rag.store import VectorStore
 from routing import RagOptions, Target
+
+if TYPE_CHECKING:  # the vector store client is imported only where retrieval is configured
+    from gateway.rag.store import VectorStore
 
 
 class RagBackend:
@@ -34,12 +38,16 @@ class RagBackend:
     ) -> None:
         self.store = store
         self.embedder = embedder
-        self.collections = collections
+        self._collections = collections
         self.generator = generator
         self.metrics = metrics
 
+    def use_collections(self, collections: Mapping[str, CollectionConfig]) -> None:
+        """Answer requests routed from now on with these collections' settings (a reload)."""
+        self._collections = collections
+
     async def open(self, target: Target, call: Call) -> Opened:
-        collection = self.collections[target.name]
+        collection = self._collections[target.name]
         options = target.rag or RagOptions()
         top_k = options.top_k or collection.top_k
         threshold = options.score_threshold if options.score_threshold is not None else collection.score_threshold
@@ -47,17 +55,15 @@ class RagBackend:
         ledger = call.ledger
         started = time.perf_counter()
         try:
-            hits = await self._retrieve(target.name, call, top_k, threshold)
+            with ledger.waiting_elsewhere():
+                hits = await self._retrieve(target.name, call, top_k, threshold)
         except RetrievalUnavailable:
             self.metrics.retrieval_degraded.labels(target.name).inc()
             raise
-        finally:
-            ledger.excluded_s += time.perf_counter() - started
         self.metrics.retrieval_seconds.labels(target.name).observe(time.perf_counter() - started)
-        ledger.retrievals += 1
-        if ledger.prices.embedding_per_token > 0:
-            # every retrieval pays for its query's embedding, cached or not, so the price is stable
-            ledger.embedding_tokens += self.embedder.query_tokens(call.features.text)
+        # every retrieval pays for its query's embedding, cached or not, so the price is stable
+        priced = ledger.prices.embedding_per_token > 0
+        ledger.retrieved(self.embedder.query_tokens(call.features.text) if priced else 0)
         if not hits:
             self.metrics.retrieval_empty.labels(target.name).inc()
         headers = {"x-turnout-citations": str(len(hits)), "x-turnout-retrieval": "hits" if hits else "empty"}
@@ -74,7 +80,7 @@ class RagBackend:
             context = render_context(hits, collection.template)
             prompt = f"{prompt}\n\n{context}" if prompt else context
         shaped = replace(target.generator, system_prompt=prompt, caps=target.caps)
-        ledger.added_prompt = [prompt] if prompt else []
+        ledger.added_to_prompt(prompt)
         body = shape_body(call.raw, call.data, call.endpoint, shaped, target.generator.name)
         opened = await self.generator.open_body(target.generator, call, body)
         opened.citations = [hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)]
@@ -90,7 +96,5 @@ class RagBackend:
             return await retrieve(self.store, collection, features.tenant, vector, top_k, threshold)
         except TurnoutError:
             raise
-        except Exception as exc:  # any failure of the store or the model means the same: retrieval is down
-            raise RetrievalUnavailable(
-                f"retrieval from collection {collection!r} failed ({exc.__class__.__name__}: {str(exc)[:200]})"
-            ) from exc
+        except Exception as exc:  # the store's or the model's failure: see gateway.failures
+            raise translate(exc, Boundary.RETRIEVAL, f"retrieval from collection {collection!r}") from exc

@@ -1,4 +1,4 @@
-"""The OpenAI request shapes the gateway checks before routing.
+"""The OpenAI completion requests: their endpoints, the shapes the gateway checks before routing.
 
 Only what the gateway itself relies on is checked (``model``, ``messages``/``prompt``, ``stream``,
 ``stream_options``, ``user``, ``metadata``); every other field is passed to the backend untouched,
@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from gateway.errors import InvalidRequest
 
 Endpoint = Literal["chat", "completions"]
-UPSTREAM_PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# The one table of completion paths: the gateway serves them and sends them on under the same path.
+PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+ENDPOINTS: dict[str, Endpoint] = {path: endpoint for endpoint, path in PATHS.items()}
+
+# The rule of thumb for text no tokenizer has counted: about 4 characters of English per token.
+CHARS_PER_TOKEN = 4
 
 
 class _Open(BaseModel):
@@ -69,6 +74,12 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], Reque
         more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
         raise InvalidRequest(f"{param or 'body'}: {first['msg']}{more}", param=param) from None
     return data, request
+
+
+def asks_usage(data: dict[str, Any]) -> bool:
+    """Whether a request body asks for usage in its stream (``stream_options.include_usage``)."""
+    options = data.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def last_user_text(request: Request) -> str:

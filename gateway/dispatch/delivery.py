@@ -1,0 +1,120 @@
+"""What the completion service hands the HTTP layer: a routed request, then its opened answer, as plain data.
+
+:class:`Completion` is a request the service has parsed, routed and opened a ledger for; ``open()``
+carries the decision out (targets in order, fallbacks before the first byte) and gives a
+:class:`Delivery`: the answer's status, headers and bytes, whole (``body()``) or as SSE events
+(``events()``), accounted as they pass. Nothing here knows about sockets, ASGI or disconnects: the HTTP
+layer (:mod:`gateway.api.responses`) decides when to open, sends the bytes, watches the client, and
+tells the ledger how the request ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from gateway.accounting.ledger import Ledger, dollars
+from gateway.dispatch.backend import Opened
+from gateway.dispatch.events import accounted_events
+from gateway.errors import TurnoutError
+from gateway.failures import Boundary, translate
+from gateway.protocol import sse
+from gateway.protocol.requests import Endpoint
+from gateway.protocol.usage import usage_of_body
+
+Opener = Callable[[], Awaitable[tuple[Opened, dict[str, str]]]]
+
+
+class Completion:
+    """A routed completion request whose answer is not open yet."""
+
+    __slots__ = ("_opener", "endpoint", "ledger", "stream")
+
+    def __init__(self, endpoint: Endpoint, stream: bool, ledger: Ledger, opener: Opener) -> None:
+        self.endpoint = endpoint
+        self.stream = stream
+        self.ledger = ledger
+        self._opener = opener
+
+    async def open(self) -> Delivery:
+        """Open the answer, falling back as the decision says. A failure is recorded in the ledger (with
+        what was spent) and raised, for the HTTP layer to answer with the error envelope."""
+        try:
+            opened, headers = await self._opener()
+        except TurnoutError as exc:
+            self.ledger.fail(exc)
+            raise
+        return Delivery(opened, headers, self.ledger, self.stream)
+
+
+class Delivery:
+    """An opened answer: ``status``, ``content_type`` and ``headers`` for the response, then its bytes.
+
+    ``status`` is the request's status as the metrics see it: a stream that fails after its first byte
+    keeps the 200 it was sent with, but is recorded with its error's status (``error``)."""
+
+    __slots__ = ("_ledger", "_opened", "content_type", "error", "headers", "status")
+
+    def __init__(self, opened: Opened, headers: dict[str, str], ledger: Ledger, stream: bool) -> None:
+        self._opened = opened
+        self._ledger = ledger
+        self.headers = headers
+        self.status = opened.response.status
+        self.content_type = opened.response.content_type
+        self.error: TurnoutError | None = None
+        if stream:  # a stream's headers leave now: what the gateway took so far is its overhead
+            headers["x-turnout-overhead-ms"] = _milliseconds(ledger.overhead_s())
+
+    async def body(self) -> bytes:
+        """The whole answer of a non-streaming request: read, costed (``x-turnout-cost-usd``), with its
+        citations added; a failure to read it is raised (nothing has been sent yet)."""
+        ledger, headers = self._ledger, self.headers
+        try:
+            with ledger.waiting_upstream():
+                body = await self._opened.response.read()
+        except TurnoutError as exc:
+            ledger.fail(exc)
+            exc.headers.update(headers)
+            raise
+        usage = usage_of_body(body)
+        if usage is None:
+            ledger.keep_event(body)  # counted with the tokenizer instead
+        headers["x-turnout-cost-usd"] = dollars(ledger.settle(usage))
+        if ledger.usage is not None and ledger.usage.estimated:
+            headers["x-turnout-usage-estimated"] = "true"
+        if self._opened.finish is not None:
+            body = self._opened.finish(body)
+        headers["x-turnout-overhead-ms"] = _milliseconds(ledger.overhead_s())
+        return body
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """A stream's events as they arrive, accounted (see :mod:`gateway.dispatch.events`). A failure
+        after the first byte cannot change the status any more: it ends the stream with an error event
+        (the OpenAI envelope, which the ``openai`` client raises), and is kept in ``error``."""
+        ledger = self._ledger
+        complete = True  # the bytes sent so far end on an event boundary
+        try:
+            async for event in accounted_events(self._opened.response.chunks(), ledger, self._opened.citations):
+                complete = event.endswith(sse.END)
+                yield event
+            if ledger.stream_error is not None:  # the upstream said in-band that it failed
+                self._failed(ledger.stream_error)
+        except Exception as exc:  # any backend's failure mid-stream (aiohttp, litellm) is told the same way
+            error = translate(exc, Boundary.STREAM, "the upstream")
+            self._failed(error)
+            yield sse.error_event(error, after_partial=not complete)
+
+    def _failed(self, error: TurnoutError) -> None:
+        self.error = error
+        self.status = error.status
+        self._ledger.accounts.count_error(error)
+
+    def close(self) -> None:
+        """Release what the backend holds for the answer (the connection, an adapter lease); once."""
+        self._opened.close()
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
+
+
+__all__ = ["Completion", "Delivery", "Opener"]
