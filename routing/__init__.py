@@ -1,4 +1,8 @@
-"""Policy routing: pure functions from a request's features to a decision. Never imports ``gateway``."""
+"""Policy routing: pure functions from a request's features to a decision.
+
+May import: nothing of ``gateway`` (and no I/O): the policy is testable in microseconds, and the same
+engine decides requests, explains them and checks configurations.
+"""
 
 from routing.decision import NO_CAPS, Caps, Decision, RagOptions, RequestFeatures, Target, TargetKind
 from routing.policy import Policy, compile_policy, target_resolver

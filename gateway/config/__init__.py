@@ -1,4 +1,8 @@
-"""Configuration: the file's schema (:mod:`.model`) and how it is read and checked (:mod:`.loader`)."""
+"""Configuration: the file's schema (:mod:`.model`), how it is read and checked (:mod:`.loader`), and the
+prices of the OpenAI models it names (:mod:`.prices`).
+
+May import: ``routing`` (the policy language) only.
+"""
 
 from gateway.config.loader import ConfigError, load_config
 from gateway.config.model import AdapterConfig, TurnoutConfig

@@ -1,5 +1,9 @@
 """Retrieval-augmented generation: documents, chunks, the vector store, retrieval and citations.
 
-The package itself stays light (the vector store client is imported by its own module only)."""
+The package itself stays light (the vector store client is imported by its own module only). Answering
+from retrieval is a backend of the completion service: :mod:`gateway.dispatch.rag_backend`.
+
+May import: ``gateway.config``, ``gateway.embeddings`` (and what they import).
+"""
 
 SHARED = ""  # the tenant of documents every caller may read

@@ -1,1 +1,4 @@
-"""HTTP upstreams the gateway forwards to (vLLM and other OpenAI-compatible servers)."""
+"""HTTP upstreams the gateway forwards to (vLLM and other OpenAI-compatible servers).
+
+May import: ``gateway.errors``, ``gateway.failures``, ``gateway.protocol``.
+"""

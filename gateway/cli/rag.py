@@ -12,9 +12,7 @@ import asyncio
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,11 +20,11 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gateway.cli.common import ConfigOption, HttpError, JsonClient, Unreachable, fail, load_or_exit
 from gateway.config import TurnoutConfig
 
 app = typer.Typer(no_args_is_help=True, help="Retrieval collections: ingest, list and delete documents.")
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The YAML configuration file.")]
 GatewayOption = Annotated[
     str | None, typer.Option(help="The running gateway's URL (default: server.host and server.port).")
 ]
@@ -35,65 +33,38 @@ TenantOption = Annotated[str | None, typer.Option(help="The tenant's partition (
 _BATCH_BYTES = 1024 * 1024
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"turnout: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _load(config: Path) -> TurnoutConfig:
-    from gateway.cli import load_or_exit
-
-    return load_or_exit(config)
-
-
 def _settings_for(config: Path, collection: str) -> TurnoutConfig:
     """The configuration, once it is known to declare ``collection``."""
-    settings = _load(config)
+    settings = load_or_exit(config)
     if collection not in settings.rag.collections:
         declared = ", ".join(settings.rag.collections) or "none"
-        raise _fail(f"collection {collection!r} is not declared under rag.collections (declared: {declared})")
+        raise fail(f"collection {collection!r} is not declared under rag.collections (declared: {declared})")
     return settings
 
 
 class _Api:
-    """The running gateway's RAG API, through the standard library (a few calls per command)."""
+    """The running gateway's RAG API (its key from ``TURNOUT_API_KEY``)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        self.key = os.environ.get("TURNOUT_API_KEY")
-
-    def alive(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+    def __init__(self, client: JsonClient) -> None:
+        self.client = client
 
     def call(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("content-type", "application/json")
-        if self.key:
-            request.add_header("authorization", f"Bearer {self.key}")
         try:
-            with urllib.request.urlopen(request, timeout=600) as response:
-                return dict(json.load(response))
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.load(exc)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = exc.reason
-            raise _fail(f"the gateway answered {exc.code}: {message}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise _fail(f"cannot reach the gateway at {self.url}: {exc}") from None
+            return dict(self.client.call(method, path, payload))
+        except HttpError as exc:
+            raise fail(f"the gateway answered {exc.status}: {exc.message}") from None
+        except Unreachable as exc:
+            raise fail(f"cannot reach the gateway at {exc}") from None
 
 
 def _api_for(settings: TurnoutConfig, gateway: str | None) -> _Api | None:
-    api = _Api(gateway or f"http://{settings.server.host}:{settings.server.port}")
-    if api.alive():
-        return api
+    client = JsonClient(
+        gateway or f"http://{settings.server.host}:{settings.server.port}", os.environ.get("TURNOUT_API_KEY")
+    )
+    if client.alive():
+        return _Api(client)
     if gateway is not None:
-        raise _fail(f"no gateway answers at {gateway}")
+        raise fail(f"no gateway answers at {gateway}")
     return None
 
 
@@ -167,9 +138,7 @@ def ingest(
                 asyncio.run(_ingest_offline(settings, collection, tenant or "", documents, report, advance))
     except KeyboardInterrupt:
         _print_report(report, time.monotonic() - started)
-        raise _fail(
-            "interrupted: run the same command again to finish (unchanged documents are skipped)", 130
-        ) from None
+        raise fail("interrupted: run the same command again to finish (unchanged documents are skipped)", 130) from None
     _print_report(report, time.monotonic() - started)
     if report["failed"]:
         raise typer.Exit(1)
@@ -217,7 +186,7 @@ async def _open_offline(settings: TurnoutConfig) -> Any:
         store = VectorStore.open(settings.rag.store, embedder.dimension)
     except (StoreError, EmbedderError) as exc:
         embedder.close()
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     return embedder, store, Ingestor(store, embedder, settings.rag.chunking)
 
 
@@ -284,7 +253,7 @@ def delete(
         return
     deleted = asyncio.run(_delete_offline(settings, collection, tenant or "", document))
     if not deleted:
-        raise _fail(f"nothing to delete: {document or 'the partition'} does not exist")
+        raise fail(f"nothing to delete: {document or 'the partition'} does not exist")
     typer.echo(json.dumps({"collection": collection, "document": document, "deleted": True}))
 
 

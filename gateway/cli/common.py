@@ -1,0 +1,88 @@
+"""What every ``turnout`` command shares: reading the configuration, failing with a message, and one small
+HTTP client for the servers a command talks to (the gateway, vLLM).
+
+The client is the standard library's: a command makes a handful of calls and exits, so there is no
+session to pool and no reason to load aiohttp's machinery for it.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gateway.config import ConfigError, TurnoutConfig, load_config
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The YAML configuration file.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``turnout: message`` on stderr; raise the result to exit with ``code``."""
+    typer.echo(f"turnout: {message}", err=True)
+    return typer.Exit(code)
+
+
+def load_or_exit(path: Path) -> TurnoutConfig:
+    """The validated configuration, or exit 2 with one line per problem."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        typer.echo(f"turnout: invalid configuration ({len(exc.problems)} problem(s)):", err=True)
+        for line in exc.problems:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(2) from None
+
+
+class HttpError(Exception):
+    """A server answered with an error status; ``message`` is its own (from the OpenAI envelope)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Unreachable(Exception):
+    """Nothing answered at the address (refused, timed out, not HTTP)."""
+
+
+class JsonClient:
+    """A few JSON calls to one HTTP server, with a bearer key when one is given."""
+
+    def __init__(self, url: str, key: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+
+    def call(self, method: str, path: str, payload: Any = None, *, timeout: float = 600) -> Any:
+        """The decoded JSON answer; :class:`HttpError` on an error status, :class:`Unreachable` otherwise."""
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("content-type", "application/json")
+        if self.key:
+            request.add_header("authorization", f"Bearer {self.key}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.load(exc)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = str(exc.reason)
+            raise HttpError(exc.code, message) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise Unreachable(f"{self.url}: {exc}") from None
+
+    def alive(self, path: str = "/health") -> bool:
+        """Whether the server answers ``path`` with a 2xx."""
+        try:
+            self.call("GET", path, timeout=2)
+        except (HttpError, Unreachable):
+            return False
+        return True
+
+
+__all__ = ["ConfigOption", "HttpError", "JsonClient", "Unreachable", "fail", "load_or_exit"]

@@ -1,0 +1,36 @@
+"""``turnout serve``: the OpenAI-compatible API under uvicorn (uvloop and httptools, no access log)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from gateway.cli.common import ConfigOption, load_or_exit
+
+
+def serve(
+    config: ConfigOption,
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+) -> None:
+    """Serve the OpenAI-compatible API."""
+    import uvicorn
+
+    from gateway.app import create_asgi_app
+
+    settings = load_or_exit(config)
+    server = settings.server
+    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_asgi_app(settings, config),
+        host=host or server.host,
+        port=port or server.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        log_level=server.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
