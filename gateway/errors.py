@@ -34,6 +34,7 @@ long as nothing has been sent to the client yet.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -58,6 +59,18 @@ class TurnoutError(Exception):
             self.status = status
         self.headers: dict[str, str] = {}  # extra response headers, such as the route it was sent on
         self.counted = False  # already counted in the error metrics (by the request's ledger)
+
+    def add_headers(self, headers: Mapping[str, str]) -> None:
+        """Response headers to send with the envelope (the route it was sent on, what it cost)."""
+        self.headers.update(headers)
+
+    def claim_count(self) -> bool:
+        """True only the first time it is asked: whoever gets True counts the error, so it is counted once
+        however many layers see it go by."""
+        if self.counted:
+            return False
+        self.counted = True
+        return True
 
     def envelope(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}

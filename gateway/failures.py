@@ -2,10 +2,11 @@
 
 The gateway calls out at a few boundaries: an OpenAI-compatible server over aiohttp (vLLM), OpenAI
 through litellm, a stream that breaks off after its first byte (either of them), and retrieval (the
-Qdrant client and the embedding model). Each boundary's rules are listed below, most specific first;
-:func:`translate` walks the exception's class hierarchy and takes the first class a rule names, so a
-subclass is always judged by its own rule before its parent's. Callers raise the result ``from`` the
-original exception, so the cause stays in the logs while the client sees a bounded message.
+Qdrant client and the embedding model). Each boundary's rules are read in order, like ``except``
+clauses: the first rule naming a class the exception is an instance of decides (so aiohttp's
+``SocketTimeoutError``, both a ``ClientError`` and a ``TimeoutError``, is a timeout because that rule
+comes first). Callers raise the result ``from`` the original exception, so the cause stays in the logs
+while the client sees a bounded message.
 
 Classes are named by their top-level package and name (``aiohttp.ClientError``, ``litellm.Timeout``,
 ``builtins.TimeoutError``), never imported here: litellm and the Qdrant client load only where they
@@ -115,10 +116,9 @@ def translate(exc: BaseException, boundary: Boundary, subject: str) -> TurnoutEr
     raises; an exception no rule of the boundary names becomes the 500 ``internal_error`` a bug gets."""
     if isinstance(exc, TurnoutError):
         return exc
-    rules = _RULES[boundary]
-    for cls in type(exc).__mro__:
-        rule = rules.get(_key(cls))
-        if rule is not None and (rule.when is None or rule.when(exc)):
+    classes = {_key(cls) for cls in type(exc).__mro__}
+    for name, rule in _RULES[boundary].items():
+        if name in classes and (rule.when is None or rule.when(exc)):
             message = rule.template.format(subject=subject, cls=type(exc).__name__, detail=_detail(exc))
             return rule.make(message, exc)
     return TurnoutError(f"{subject}: unexpected {type(exc).__name__}")

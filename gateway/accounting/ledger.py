@@ -61,12 +61,17 @@ class Accounting:
         self.prices = prices
 
     def open(self, endpoint: Endpoint, started: float) -> Ledger:
+        """The ledger of a request that arrived at ``started`` (``time.perf_counter()``); in flight until
+        it finishes."""
+        self.in_flight += 1
         return Ledger(self, endpoint, started)
 
+    def _closed(self) -> None:
+        self.in_flight -= 1
+
     def count_error(self, exc: TurnoutError) -> None:
-        """An error answered outside any ledger (bad key, oversized body): counted once, by its code."""
-        if not exc.counted:
-            exc.counted = True
+        """Count an error answered to a client, by its code: once, whoever sees it first."""
+        if exc.claim_count():
             self.metrics.errors.labels(exc.code or exc.error_type).inc()
 
 
@@ -163,7 +168,6 @@ class Ledger:
         self._cost: float | None = None
         self._parts = (0.0, 0.0, 0.0)  # the cost's generation, embedding and search dollars, once settled
         self._done = False
-        accounts.in_flight += 1
 
     # --- what happened to the request, in the order it happens ---------------------------------------
 
@@ -323,7 +327,7 @@ class Ledger:
     def fail(self, exc: TurnoutError) -> None:
         """The request ends with ``exc``: count it, and tell the client what was spent anyway."""
         self.accounts.count_error(exc)
-        exc.headers["x-turnout-cost-usd"] = dollars(self.settle(None))
+        exc.add_headers({"x-turnout-cost-usd": dollars(self.settle(None))})
         self.finish(exc.status)
 
     def crash(self) -> None:
@@ -338,7 +342,7 @@ class Ledger:
             return
         self._done = True
         metrics = self.accounts.metrics
-        self.accounts.in_flight -= 1
+        self.accounts._closed()
         total = time.perf_counter() - self.started
         cost = self.settle(self._usage)
         target = self._target

@@ -7,7 +7,7 @@ the backend held for the request (an adapter lease, the connection).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,14 +56,18 @@ class Call:
 class Opened:
     """An answer with status 2xx, not read yet, and what to release when done with it.
 
-    ``citations`` (RAG) are added to the answer by the service; ``headers`` go on the response;
-    ``finish`` rewrites a non-streaming body before it is sent."""
+    ``citations`` (RAG) are added to the answer on its way out; ``headers`` go on the response."""
 
     response: Answer
     on_close: Callable[[], None] | None = None
     citations: list[dict[str, Any]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    finish: Callable[[bytes], bytes] | None = None
+
+    def cited(self, citations: list[dict[str, Any]], headers: Mapping[str, str]) -> Opened:
+        """This answer, with the ``citations`` it is based on and the response ``headers`` that say so."""
+        self.citations = citations
+        self.headers.update(headers)
+        return self
 
     def close(self) -> None:
         self.response.close()

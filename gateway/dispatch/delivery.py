@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.accounting.ledger import Ledger, dollars
+from gateway.dispatch.answers import with_citations
 from gateway.dispatch.backend import Opened
 from gateway.dispatch.events import accounted_events
 from gateway.errors import TurnoutError
@@ -52,11 +53,12 @@ class Delivery:
     ``status`` is the request's status as the metrics see it: a stream that fails after its first byte
     keeps the 200 it was sent with, but is recorded with its error's status (``error``)."""
 
-    __slots__ = ("_ledger", "_opened", "content_type", "error", "headers", "status")
+    __slots__ = ("_endpoint", "_ledger", "_opened", "content_type", "error", "headers", "status")
 
     def __init__(self, opened: Opened, headers: dict[str, str], ledger: Ledger, stream: bool) -> None:
         self._opened = opened
         self._ledger = ledger
+        self._endpoint = ledger.endpoint
         self.headers = headers
         self.status = opened.response.status
         self.content_type = opened.response.content_type
@@ -73,7 +75,7 @@ class Delivery:
                 body = await self._opened.response.read()
         except TurnoutError as exc:
             ledger.fail(exc)
-            exc.headers.update(headers)
+            exc.add_headers(headers)
             raise
         usage = usage_of_body(body)
         if usage is None:
@@ -81,8 +83,8 @@ class Delivery:
         headers["x-turnout-cost-usd"] = dollars(ledger.settle(usage))
         if ledger.usage is not None and ledger.usage.estimated:
             headers["x-turnout-usage-estimated"] = "true"
-        if self._opened.finish is not None:
-            body = self._opened.finish(body)
+        if self._opened.citations is not None:
+            body = with_citations(body, self._endpoint, self._opened.citations)
         headers["x-turnout-overhead-ms"] = _milliseconds(ledger.overhead_s())
         return body
 

@@ -73,7 +73,7 @@ class RagBackend:
             answer = written_answer(
                 call.endpoint, str(call.data.get("model")), collection.refuse_message, bool(call.data.get("stream"))
             )
-            return Opened(answer, citations=[], headers=headers)
+            return Opened(answer).cited([], headers)
         assert target.generator is not None, "a rag target always has a generator"
         prompt = target.system_prompt
         if hits:
@@ -83,9 +83,7 @@ class RagBackend:
         ledger.added_to_prompt(prompt)
         body = shape_body(call.raw, call.data, call.endpoint, shaped, target.generator.name)
         opened = await self.generator.open_body(target.generator, call, body)
-        opened.citations = [hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)]
-        opened.headers.update(headers)
-        return opened
+        return opened.cited([hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)], headers)
 
     async def _retrieve(self, collection: str, call: Call, top_k: int, threshold: float) -> list[Hit]:
         features = call.features

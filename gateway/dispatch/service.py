@@ -20,7 +20,6 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.accounting.ledger import CLIENT_LEFT, Accounting
-from gateway.dispatch.answers import with_citations
 from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
 from gateway.dispatch.delivery import Completion
 from gateway.dispatch.shaping import request_features
@@ -198,14 +197,12 @@ class CompletionService:
                     )
                     failed.append(target.label + ("(retrieval)" if isinstance(exc, RetrievalUnavailable) else ""))
                     continue
-                exc.headers.update(headers)
+                exc.add_headers(headers)
                 raise
             call.ledger.answer_opened()
             headers.update(opened.headers)
             if any(label.endswith("(retrieval)") for label in failed):
                 headers["x-turnout-degraded"] = "retrieval"
-            if opened.citations is not None and not call.data.get("stream"):
-                opened.finish = partial(with_citations, endpoint=call.endpoint, citations=opened.citations)
             return opened, headers
         raise AssertionError("a decision always has at least one target")  # pragma: no cover
 
