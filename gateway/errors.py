@@ -12,6 +12,7 @@ while the client sees a clear, bounded message and never a traceback.
     +-- Unauthenticated               401 invalid_request_error  code invalid_api_key
     +-- PermissionDenied              403 invalid_request_error  code permission_denied
     +-- RequestTooLarge               413 invalid_request_error
+    +-- ClientLeft                    499 (nobody to tell: the client left before its request was whole)
     +-- ModelNotFound                 404 invalid_request_error  code model_not_found
     +-- RouteNotFound                 404 invalid_request_error  (unknown URL)
     +-- MethodNotAllowed              405 invalid_request_error
@@ -123,6 +124,15 @@ class RequestTooLarge(TurnoutError):
     status = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class ClientLeft(TurnoutError):
+    """The client closed the connection before sending its whole request: recorded as a 499 (nginx's
+    "client closed request"), never counted as an error answered, since no one is there to read it."""
+
+    status = 499
+    error_type = "invalid_request_error"
+    default_code = "client_closed_request"
 
 
 class ModelNotFound(TurnoutError):

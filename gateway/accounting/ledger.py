@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.accounting.prices import PriceBook
 from gateway.accounting.usage import TokenCounter
-from gateway.errors import TurnoutError
+from gateway.errors import ClientLeft, TurnoutError
 from gateway.metrics import NO_POLICY, NO_ROUTE, Metrics
 from gateway.protocol.requests import CHARS_PER_TOKEN, Endpoint, asks_usage
 from gateway.protocol.usage import Usage, generated_texts
@@ -70,8 +70,9 @@ class Accounting:
         self.in_flight -= 1
 
     def count_error(self, exc: TurnoutError) -> None:
-        """Count an error answered to a client, by its code: once, whoever sees it first."""
-        if exc.claim_count():
+        """Count an error answered to a client, by its code: once, whoever sees it first (a client that
+        left is not an error answered: its request is recorded as a 499)."""
+        if not isinstance(exc, ClientLeft) and exc.claim_count():
             self.metrics.errors.labels(exc.code or exc.error_type).inc()
 
 

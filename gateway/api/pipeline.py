@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope
 from gateway.auth import Identity
 from gateway.components import Components
 from gateway.dispatch.service import RequestContext
-from gateway.errors import InvalidRequest, RequestTooLarge, TurnoutError
+from gateway.errors import ClientLeft, RequestTooLarge, TurnoutError
 from gateway.metrics import NO_POLICY, NO_ROUTE
 from gateway.protocol.requests import ENDPOINTS
 
@@ -89,7 +89,7 @@ async def read_body(components: Components, receive: Receive, declared: str | No
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise InvalidRequest("the client closed the connection before sending the whole body")
+            raise ClientLeft("the client closed the connection before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -7,6 +7,7 @@ so new OpenAI parameters work without a gateway release and the backend judges t
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -69,11 +70,23 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], Reque
         request = _MODELS[endpoint].model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = ".".join(str(p) for p in _field_path(first["loc"])) or None
         count = exc.error_count()
         more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
         raise InvalidRequest(f"{param or 'body'}: {first['msg']}{more}", param=param) from None
     return data, request
+
+
+# How pydantic names the branch of a union a value failed in (``str``, ``list[int]``): not a field of the body.
+_UNION_BRANCH = re.compile(r"^(?:str|int|float|bool|none|[a-z-]+\[.*\])$")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The location of a validation error in the client's body, without union branch names."""
+    for position, part in enumerate(loc):
+        if isinstance(part, str) and _UNION_BRANCH.match(part):
+            return loc[:position]
+    return loc
 
 
 def asks_usage(data: dict[str, Any]) -> bool:

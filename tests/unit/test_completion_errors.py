@@ -102,11 +102,6 @@ MALFORMED = [
         b'{"model": "house-base", "prompt": {"text": "hi"}}',
         "prompt",
         id="prompt-object",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="param is 'prompt.str' (the first branch of pydantic's union of prompt types), "
-            "not 'prompt': the README says param names the field",
-        ),
     ),
     pytest.param(
         CHAT,

@@ -28,6 +28,8 @@ from tests.support.inprocess import (
     write_adapter,
 )
 
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 STATUS_FAULTS = [400, 401, 404, 422, 429, 500, 502, 503, 504]
 
@@ -138,14 +140,10 @@ async def test_an_adapter_the_upstream_keeps_denying_is_resent_once_then_502(
     assert upstream.models_reads == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the code is 'upstream_model_missing', which the README's error table does not list; "
-    "its 502 row says code 'upstream_error'",
-)
 async def test_an_adapter_the_upstream_keeps_denying_has_a_documented_code(gateway: Gateway) -> None:
     response = await gateway.http.post(CHAT, json=chat_body(fail(404)))
-    assert_envelope(response, 502, "upstream_error")
+    assert_envelope(response, 502, "upstream_model_missing")
+    assert "| 502 | `upstream_model_missing` |" in README
 
 
 async def test_invalid_adapters_get_400_naming_the_problem_and_never_reach_the_upstream(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.protocol.requests import ChatCompletionRequest, last_user_text, parse_request
+from gateway.protocol.requests import ChatCompletionRequest, Endpoint, last_user_text, parse_request
 
 
 def test_unknown_fields_pass_through_untouched() -> None:
@@ -44,3 +44,19 @@ def test_last_user_text_reads_the_last_user_message_and_text_parts() -> None:
         }
     )
     assert last_user_text(request) == "second"
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"model": "m", "messages": [{"role": "user", "content": 7}]}', "messages.0.content"),
+        (b'{"model": "m", "prompt": {"text": "hi"}}', "prompt"),
+        (b'{"model": "m", "prompt": ["a", 1]}', "prompt"),
+    ],
+)
+def test_a_value_of_no_accepted_type_names_the_field_not_the_type(raw: bytes, param: str) -> None:
+    endpoint: Endpoint = "completions" if b"prompt" in raw else "chat"
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(endpoint, raw)
+    assert caught.value.param == param
+    assert caught.value.message.startswith(f"{param}: ")
