@@ -70,6 +70,8 @@ bench-overhead: install bench-tools
 # side, then the routing, retrieval and adapter-load benchmarks against real vLLM.
 bench: install assets bench-tools
 	$(BIN)/python bench/overhead/run.py
+	$(BIN)/python bench/glue.py
+	$(BIN)/python bench/glue.py --stream --requests 3000
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/rag.py
 	$(BIN)/python bench/adapter_load.py

@@ -1,5 +1,6 @@
-"""The application the server runs: one FastAPI app with the completion routes, the routers, the error
-handlers and the request-id middleware, and the lifespan that builds the components.
+"""The application the server runs: the completion routes in a plain Starlette router, every other path
+in the FastAPI app behind it (routers, error handlers, the request-id middleware), and the lifespan that
+builds the components both use.
 
 May import: everything in the gateway but the command line.
 """
@@ -15,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.routing import Mount, Router
 
 from gateway.api import admin, health, metrics, models, rag, route
 from gateway.api.completions import completion_routes
@@ -28,38 +30,41 @@ from gateway.errors import TurnoutError
 log = logging.getLogger("turnout")
 
 
-def create_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAPI:
+def create_api(ids: RequestIds) -> FastAPI:
+    """The FastAPI app of every path but the completions (its routes find the components in the request's
+    state, where the lifespan puts them)."""
+    api = FastAPI(
+        title="Turnout",
+        summary="OpenAI-compatible gateway: LoRA adapters on vLLM, RAG and OpenAI fine-tunes behind one policy",
+        docs_url=None,
+        redoc_url=None,
+    )
+    for module in (route, models, rag, health, metrics, admin):
+        api.include_router(module.router)
+    install_error_handlers(api)
+    api.add_middleware(RequestIdMiddleware, ids=ids)
+    return api
+
+
+def create_asgi_app(config: TurnoutConfig, config_path: Path | None = None) -> Router:
+    """What the server runs: the completion routes first (see :mod:`gateway.api.completions` for why they
+    are not FastAPI routes), then everything else in the FastAPI app."""
+    ids = RequestIds()
+    api = create_api(ids)
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: object) -> AsyncIterator[dict[str, Components]]:
         async with AsyncExitStack() as stack:
             components = await build_components(config, config_path, stack)
-            app.state.components = components
             # Everything built so far lives as long as the process: move it out of the collector's sight,
             # so a full collection under load scans the requests' garbage, not the whole heap (it
             # otherwise stalls every request in flight for 100-200 ms on this kind of machine).
             gc.collect()
             gc.freeze()
             _reload_on_sighup(components, stack)
-            yield
+            yield {"components": components}  # the server copies it into every request's scope["state"]
 
-    app = FastAPI(
-        title="Turnout",
-        summary="OpenAI-compatible gateway: LoRA adapters on vLLM, RAG and OpenAI fine-tunes behind one policy",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-    )
-    app.router.routes[0:0] = completion_routes()  # first: the hot path is matched before anything else
-    for module in (route, models, rag, health, metrics, admin):
-        app.include_router(module.router)
-    install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware, ids=RequestIds())
-    return app
-
-
-def create_asgi_app(config: TurnoutConfig, config_path: Path | None = None) -> FastAPI:
-    """What the server runs (the name the command line and the tests start it by)."""
-    return create_app(config, config_path)
+    return Router([*completion_routes(ids), Mount("", app=api)], lifespan=lifespan)
 
 
 def _reload_on_sighup(components: Components, stack: AsyncExitStack) -> None:

@@ -58,13 +58,15 @@ class Target:
     system_prompt: str | None = None
     caps: Caps = NO_CAPS
     rag: RagOptions | None = None
+    # ``kind:name`` (``rag:COLLECTION+adapter:NAME`` for the hybrid), as in ``x-turnout-route``: made once,
+    # since every request reads it several times (headers, metric labels).
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        """``kind:name`` (``rag:COLLECTION+adapter:NAME`` for the hybrid), as in ``x-turnout-route``."""
+    def __post_init__(self) -> None:
+        label = f"{self.kind.value}:{self.name}"
         if self.generator is not None:
-            return f"{self.kind.value}:{self.name}+{self.generator.label}"
-        return f"{self.kind.value}:{self.name}"
+            label += f"+{self.generator.label}"
+        object.__setattr__(self, "label", label)
 
     def describe(self) -> dict[str, Any]:
         """The target as JSON-ready data, for explanations."""

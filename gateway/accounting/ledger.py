@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -77,40 +76,47 @@ class Accounting:
 
 
 class Stopwatch:
-    """A ``with`` block whose time is added to one of a ledger's totals (upstream, or waits on others)."""
+    """A ``with`` block whose time is added to one of a ledger's totals: the upstream's (``upstream``) or
+    waits on others."""
 
-    __slots__ = ("_add", "_started")
+    __slots__ = ("_ledger", "_started", "_upstream")
 
-    def __init__(self, add: Callable[[float], None]) -> None:
-        self._add = add
+    def __init__(self, ledger: Ledger, upstream: bool) -> None:
+        self._ledger = ledger
+        self._upstream = upstream
         self._started = 0.0
 
     def __enter__(self) -> None:
         self._started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        self._add(time.perf_counter() - self._started)
+        elapsed = time.perf_counter() - self._started
+        if self._upstream:
+            self._ledger._upstream_s += elapsed
+        else:
+            self._ledger._excluded_s += elapsed
 
 
-class Sending(Stopwatch):
+class Sending:
     """The window in which the upstream has the request: it may be generating (and costing) without a
     word yet. A failure inside the window means nothing was generated; a cancellation (the client left)
     leaves the request at the upstream, so it still counts as sent."""
 
-    __slots__ = ("_ledger",)
+    __slots__ = ("_ledger", "_started")
 
     def __init__(self, ledger: Ledger) -> None:
-        super().__init__(ledger._add_upstream)
         self._ledger = ledger
+        self._started = 0.0
 
     def __enter__(self) -> None:
         self._ledger._sent = True
-        super().__enter__()
+        self._started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        super().__exit__(kind, *rest)
+        ledger = self._ledger
+        ledger._upstream_s += time.perf_counter() - self._started
         if kind is not None and issubclass(kind, Exception):
-            self._ledger._sent = False
+            ledger._sent = False
 
 
 class Ledger:
@@ -122,6 +128,7 @@ class Ledger:
         "_cost",
         "_data",
         "_done",
+        "_elsewhere_watch",
         "_embedding_tokens",
         "_event_bytes",
         "_events",
@@ -134,8 +141,10 @@ class Ledger:
         "_sent",
         "_stream",
         "_stream_error",
+        "_stream_failure",
         "_target",
         "_upstream_s",
+        "_upstream_watch",
         "_usage",
         "_wants_usage",
         "accounts",
@@ -166,6 +175,7 @@ class Ledger:
         self._events: list[bytes] = []  # a stream's data events, kept for an estimate if no usage comes
         self._event_bytes = 0  # all of them, including those past the kept ones
         self._stream_error: TurnoutError | None = None  # an error the upstream reported inside the stream
+        self._stream_failure: TurnoutError | None = None  # what the stream ended with after its first byte
         self._cost: float | None = None
         self._parts = (0.0, 0.0, 0.0)  # the cost's generation, embedding and search dollars, once settled
         self._done = False
@@ -183,12 +193,21 @@ class Ledger:
 
     def waiting_elsewhere(self) -> Stopwatch:
         """``with`` it around waits that are neither the gateway's work nor the upstream's: adapter loads,
-        retrieval, a slow client reading."""
-        return Stopwatch(self._add_excluded)
+        retrieval."""
+        return Stopwatch(self, False)
 
     def waiting_upstream(self) -> Stopwatch:
         """``with`` it around reads of the upstream's answer."""
-        return Stopwatch(self._add_upstream)
+        return Stopwatch(self, True)
+
+    def waited_upstream(self, seconds: float) -> None:
+        """Time spent reading the upstream's answer, measured by the caller: for loops that run per chunk,
+        where a ``with`` block would cost more than the read."""
+        self._upstream_s += seconds
+
+    def waited_elsewhere(self, seconds: float) -> None:
+        """Like ``waited_upstream``, for waits on others (a slow client reading each chunk)."""
+        self._excluded_s += seconds
 
     def sending(self) -> Sending:
         """``with`` it around handing the request to the upstream until its answer starts."""
@@ -221,18 +240,18 @@ class Ledger:
         if self._stream_error is None:
             self._stream_error = error
 
+    def stream_failed(self, error: TurnoutError) -> None:
+        """The stream, already started, ended with ``error`` (told to the client in-band): counted, and
+        the request recorded with its status."""
+        self._stream_failure = error
+        self.accounts.count_error(error)
+
     def keep_event(self, event: bytes) -> None:
         """Keep a stream event (or a whole answer) for an estimate, up to a bound; beyond it only its size
         is counted."""
         self._event_bytes += len(event)
         if self._event_bytes <= _KEPT_EVENT_BYTES:
             self._events.append(event)
-
-    def _add_upstream(self, seconds: float) -> None:
-        self._upstream_s += seconds
-
-    def _add_excluded(self, seconds: float) -> None:
-        self._excluded_s += seconds
 
     # --- what is read of it ----------------------------------------------------------------------------
 
@@ -256,7 +275,13 @@ class Ledger:
 
     @property
     def stream_error(self) -> TurnoutError | None:
+        """An error the upstream reported inside the stream (the first one)."""
         return self._stream_error
+
+    @property
+    def stream_failure(self) -> TurnoutError | None:
+        """What the stream ended with after its first byte, if it failed."""
+        return self._stream_failure
 
     @property
     def upstream_s(self) -> float:

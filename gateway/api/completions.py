@@ -1,18 +1,21 @@
 """``POST /v1/chat/completions`` and ``POST /v1/completions``: the hot path, as plain Starlette routes.
 
 These two endpoints are what the gateway exists for, and every microsecond spent on them is added to
-every request. They are ASGI endpoints registered as ordinary Starlette ``Route``s in the FastAPI app,
-so they share the app's middleware (request id, bugs) and exception handlers (the error envelope) with
-every other route, but skip what FastAPI adds to its own routes: the ``Request`` object, dependency
-resolution and response models, which, profiled under load, cost more per request than the gateway's
-own routing, accounting and upstream call together. Measured on a trivial endpoint here, the app's
-middleware and router add about 8 µs per request, against about 0.2 µs for the hand-written dispatcher
-this replaced; ``make bench-overhead`` shows the difference is within the run-to-run noise of a full
-request (see ``bench/README.md``), so the one pipeline wins.
+every request. They are ASGI endpoints in a plain Starlette ``Router`` in front of the FastAPI app, which
+serves every other path (:func:`gateway.app.create_asgi_app`). Starlette routes rather than a hand-written
+path dispatcher, and in front of FastAPI rather than inside it, because that is what measured at the
+floor: FastAPI's middleware stack and router (telemetry checks, an exit stack, the exception
+middleware) add about 8 µs to every request, the ``Router`` about 2.8 µs (``bench/glue.py``); with the
+routes inside the FastAPI app, ``make bench-overhead`` missed its goal of 80% of the bare pass-through's
+requests/s at concurrency 32 (77%), and in front it met every goal (81-86% over three runs; the
+hand-written dispatcher this replaced measured 86%). Figures in ``bench/README.md``. FastAPI's own route
+machinery (the ``Request`` object, dependency resolution) is skipped either way.
 
-Each request is admitted through :mod:`gateway.api.pipeline` (key, bounded body, context), handed to
-the completion service, and the plain result sent by :func:`gateway.api.responses.respond`. Every
-failure before the first byte is raised, and rendered by the pipeline.
+They go through the same request pipeline as every route (:mod:`gateway.api.pipeline`): admitted (id,
+key, bounded body, context), handed to the completion service, the plain result sent by
+:func:`gateway.api.responses.respond`, and every failure before the first byte rendered by
+``pipeline.fail``, bugs by ``pipeline.bug``: the functions the FastAPI side's middleware, dependencies
+and exception handlers call.
 """
 
 from __future__ import annotations
@@ -23,18 +26,29 @@ from starlette.types import Receive, Scope, Send
 from gateway.api import pipeline
 from gateway.api.responses import respond
 from gateway.components import Components
-from gateway.errors import MethodNotAllowed
+from gateway.errors import MethodNotAllowed, TurnoutError
 from gateway.protocol.requests import PATHS, Endpoint
 
 
 class CompletionEndpoint:
     """One completion endpoint, as an ASGI app (a Starlette route calls it with the raw scope)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, ids: pipeline.RequestIds) -> None:
         self.endpoint = endpoint
+        self.ids = ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        components: Components = scope["app"].state.components
+        sender = pipeline.admit(scope, send, self.ids)
+        components: Components = scope["state"]["components"]
+        try:
+            try:
+                await self._serve(components, scope, receive, sender)
+            except TurnoutError as exc:
+                await pipeline.fail(components, exc, scope["method"], scope["path"])(scope, receive, sender)
+        except Exception as exc:
+            await pipeline.bug(exc, scope, receive, sender)
+
+    async def _serve(self, components: Components, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}")
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
@@ -45,13 +59,13 @@ class CompletionEndpoint:
         await respond(completion, scope, receive, send)
 
 
-def completion_routes() -> list[Route]:
+def completion_routes(ids: pipeline.RequestIds) -> list[Route]:
     """The completion paths, each also with a trailing slash (answered, not redirected), for every method
     (a wrong one gets the 405 envelope from the endpoint, not Starlette's plain-text page)."""
     routes = []
     for endpoint, path in PATHS.items():
-        app = CompletionEndpoint(endpoint)
-        routes += [Route(path, app, name=endpoint), Route(path + "/", app, include_in_schema=False)]
+        app = CompletionEndpoint(endpoint, ids)
+        routes += [Route(path, app, name=endpoint), Route(path + "/", app)]
     return routes
 
 

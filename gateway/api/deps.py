@@ -5,7 +5,7 @@ dependency in a thread pool, which costs more than the dependency itself on ever
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -16,7 +16,9 @@ from gateway.dispatch.service import RequestContext
 
 
 async def components(request: Request) -> Components:
-    return cast(Components, request.app.state.components)
+    found = pipeline.components_of(request.scope)
+    assert found is not None, "routes are served only between start-up and shutdown"
+    return found
 
 
 ComponentsDep = Annotated[Components, Depends(components)]

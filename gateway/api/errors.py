@@ -12,12 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from gateway.api.pipeline import fail
+from gateway.api.pipeline import components_of, fail
 from gateway.errors import InvalidRequest, MethodNotAllowed, RouteNotFound, TurnoutError
 
 
 def _fail(request: Request, exc: TurnoutError) -> Response:
-    return fail(getattr(request.app.state, "components", None), exc, request.method, request.url.path)
+    return fail(components_of(request.scope), exc, request.method, request.url.path)
 
 
 async def _turnout_error(request: Request, exc: Exception) -> Response:

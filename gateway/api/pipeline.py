@@ -1,22 +1,22 @@
 """The one pipeline every HTTP request goes through: admitted on the way in, and failed in one way.
 
 **Admit.** Every request gets a request id (the client's own ``x-request-id`` when it is short and
-printable, so one id follows a request through the caller's logs and ours; else a new one) and its
-arrival time (:class:`gateway.api.middleware.RequestIdMiddleware`, for every route); then, where the
-route needs them, the caller's identity from its API key (:func:`identify`), the body read within
+printable, so one id follows a request through the caller's logs and ours; else a new one), its arrival
+time, and a ``send`` that puts the id on the response (:func:`admit`); then, where the route needs them,
+the caller's identity from its API key (:func:`identify`), the body read within
 ``server.max_body_bytes`` (:func:`read_body`), and the context routing sees (:func:`context`).
 
 **Fail.** Every :class:`gateway.errors.TurnoutError` a route raises before its response starts reaches
-:func:`fail` (through the app's exception handler, :mod:`gateway.api.errors`): it is counted once in
-``turnout_errors_total`` (and, on a completion path, refused before routing, in ``turnout_requests_total``
-under ``policy="none"``), logged when it is the server's side that failed (5xx), and rendered as the
-OpenAI envelope by :func:`render`, the only place an error becomes a response. A failure after a
-stream's first byte is told in-band instead, and logged by :func:`report` in the same words. Bugs (any
-other exception) are answered by the middleware with the same envelope and the request id to quote.
+:func:`fail`: it is counted once in ``turnout_errors_total`` (and, on a completion path, refused before
+routing, in ``turnout_requests_total`` under ``policy="none"``), logged when it is the server's side that
+failed (5xx), and rendered as the OpenAI envelope by :func:`render`, the only place an error becomes a
+response. A failure after a stream's first byte is told in-band instead, and logged by :func:`report` in
+the same words. A bug (any other exception) is logged with its traceback and answered by :func:`bug`
+with the same envelope and the request id to quote.
 
-The completion endpoints and the FastAPI routes use exactly these functions: the completion endpoints
-as plain ASGI routes (:mod:`gateway.api.completions`), the others through typed dependencies
-(:mod:`gateway.api.deps`).
+The completion endpoints (:mod:`gateway.api.completions`) call these functions themselves; the FastAPI
+routes reach them through the request-id middleware (:mod:`gateway.api.middleware`), typed dependencies
+(:mod:`gateway.api.deps`) and the app's exception handlers (:mod:`gateway.api.errors`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth import Identity
 from gateway.components import Components
@@ -60,16 +60,41 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):08x}".encode()
 
 
+class IdSender:
+    """An ASGI ``send`` that adds ``x-request-id`` to the response and remembers whether it has started."""
+
+    __slots__ = ("request_id", "send", "started")
+
+    def __init__(self, send: Send, request_id: bytes) -> None:
+        self.send = send
+        self.request_id = request_id
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message["headers"] = [*message.get("headers", ()), (b"x-request-id", self.request_id)]
+        await self.send(message)
+
+
 # --- admit ----------------------------------------------------------------------------------------------
 
 
-def admit(scope: Scope, ids: RequestIds) -> bytes:
-    """Give the request its id and arrival time (kept in the scope's state for the route); the id."""
+def components_of(scope: Scope) -> Components | None:
+    """What the lifespan built: the server copies the lifespan's state into every request's scope (None
+    only for a request served before start-up finished, or after shutdown)."""
+    state: dict[str, Components] | None = scope.get("state")
+    return state.get("components") if state is not None else None
+
+
+def admit(scope: Scope, send: Send, ids: RequestIds) -> IdSender:
+    """Give the request its id and arrival time (kept in the scope's state for the route); the ``send``
+    to answer it with."""
     arrived = time.perf_counter()  # the start of the gateway's own time on this request
     request_id = ids.of(scope)
     state = scope.setdefault("state", {})
     state["request_id"], state["arrived"] = request_id.decode(), arrived
-    return request_id
+    return IdSender(send, request_id)
 
 
 def identify(components: Components, authorization: str | None) -> Identity:
@@ -127,9 +152,32 @@ def report(exc: TurnoutError, method: str, path: str, *, in_stream: bool = False
         log.warning("%s %s -> %d %s%s: %s", method, path, exc.status, exc.code, where, exc.message)
 
 
+async def bug(exc: Exception, scope: Scope, receive: Receive, send: IdSender) -> None:
+    """A bug, never a deliberate error: logged with its traceback, answered with the envelope and the
+    request id to quote (unless the response had started: then re-raised, and the server drops the
+    connection)."""
+    request_id = send.request_id.decode()
+    log.error("unexpected error on request %s", request_id, exc_info=exc)
+    if send.started:
+        raise exc
+    await render(TurnoutError(f"internal error; quote request id {request_id} when reporting it"))(scope, receive, send)
+
+
 def render(exc: TurnoutError) -> Response:
     """The error as an HTTP response: its status, its headers, the OpenAI envelope as the body."""
     return Response(exc.body(), exc.status, exc.headers or None, "application/json")
 
 
-__all__ = ["RequestIds", "admit", "context", "fail", "identify", "read_body", "render", "report"]
+__all__ = [
+    "IdSender",
+    "RequestIds",
+    "admit",
+    "bug",
+    "components_of",
+    "context",
+    "fail",
+    "identify",
+    "read_body",
+    "render",
+    "report",
+]

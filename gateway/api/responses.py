@@ -15,6 +15,7 @@ the pipeline to answer with the envelope; after it, the stream ends with an erro
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -26,7 +27,7 @@ from gateway.dispatch.delivery import Completion, Delivery
 from gateway.errors import TurnoutError
 from gateway.protocol import sse
 
-_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 async def respond(completion: Completion, scope: Scope, receive: Receive, send: Send) -> None:
@@ -41,15 +42,17 @@ async def respond(completion: Completion, scope: Scope, receive: Receive, send: 
         delivery = opened = await completion.open()
         if not completion.stream:
             body = await opened.body()
-            await send(_start(opened, {"content-length": str(len(body))}))
+            await send(_start(opened, [(b"content-length", str(len(body)).encode())]))
             await send({"type": "http.response.body", "body": body})
             delivered = True
             return
-        await send(_start(opened, _STREAM_HEADERS))
+        await send(_start(opened, list(_STREAM_HEADERS)))
+        done, clock = sse.DONE, time.perf_counter
         async for event in opened.events():
-            with ledger.waiting_elsewhere():  # a slow reader's pace is not the gateway's work
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            if event.startswith(sse.DONE):
+            writing = clock()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            ledger.waited_elsewhere(clock() - writing)  # a slow reader's pace is not the gateway's work
+            if event.startswith(done):
                 delivered = True  # the client may hang up as soon as it has read [DONE]
         delivered = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -72,10 +75,11 @@ async def respond(completion: Completion, scope: Scope, receive: Receive, send: 
         ledger.finish(delivery.status if delivered and delivery is not None else ended)
 
 
-def _start(delivery: Delivery, extra: dict[str, str]) -> dict[str, Any]:
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in {**extra, **delivery.headers}.items()]
+def _start(delivery: Delivery, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The response's start: ``headers``, the delivery's own (lower-case names already), its content type."""
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in delivery.headers.items()]
     content_type = delivery.content_type
-    if content_type.startswith("text/") and "charset=" not in content_type.lower():
+    if content_type.startswith("text/") and "charset=" not in content_type:
         content_type += "; charset=utf-8"
     headers.append((b"content-type", content_type.encode("latin-1")))
     return {"type": "http.response.start", "status": delivery.status, "headers": headers}

@@ -17,8 +17,6 @@ from gateway.dispatch.answers import with_citations
 from gateway.dispatch.backend import Opened
 from gateway.dispatch.events import accounted_events
 from gateway.errors import TurnoutError
-from gateway.failures import Boundary, translate
-from gateway.protocol import sse
 from gateway.protocol.requests import Endpoint
 from gateway.protocol.usage import usage_of_body
 
@@ -53,18 +51,27 @@ class Delivery:
     ``status`` is the request's status as the metrics see it: a stream that fails after its first byte
     keeps the 200 it was sent with, but is recorded with its error's status (``error``)."""
 
-    __slots__ = ("_endpoint", "_ledger", "_opened", "content_type", "error", "headers", "status")
+    __slots__ = ("_endpoint", "_ledger", "_opened", "_status", "content_type", "headers")
 
     def __init__(self, opened: Opened, headers: dict[str, str], ledger: Ledger, stream: bool) -> None:
         self._opened = opened
         self._ledger = ledger
         self._endpoint = ledger.endpoint
         self.headers = headers
-        self.status = opened.response.status
+        self._status = opened.response.status
         self.content_type = opened.response.content_type
-        self.error: TurnoutError | None = None
         if stream:  # a stream's headers leave now: what the gateway took so far is its overhead
             headers["x-turnout-overhead-ms"] = _milliseconds(ledger.overhead_s())
+
+    @property
+    def error(self) -> TurnoutError | None:
+        """What a stream failed with after its first byte (in-band from the upstream, or broken off)."""
+        return self._ledger.stream_failure
+
+    @property
+    def status(self) -> int:
+        failure = self._ledger.stream_failure
+        return self._status if failure is None else failure.status
 
     async def body(self) -> bytes:
         """The whole answer of a non-streaming request: read, costed (``x-turnout-cost-usd``), with its
@@ -88,27 +95,10 @@ class Delivery:
         headers["x-turnout-overhead-ms"] = _milliseconds(ledger.overhead_s())
         return body
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """A stream's events as they arrive, accounted (see :mod:`gateway.dispatch.events`). A failure
-        after the first byte cannot change the status any more: it ends the stream with an error event
-        (the OpenAI envelope, which the ``openai`` client raises), and is kept in ``error``."""
-        ledger = self._ledger
-        complete = True  # the bytes sent so far end on an event boundary
-        try:
-            async for event in accounted_events(self._opened.response.chunks(), ledger, self._opened.citations):
-                complete = event.endswith(sse.END)
-                yield event
-            if ledger.stream_error is not None:  # the upstream said in-band that it failed
-                self._failed(ledger.stream_error)
-        except Exception as exc:  # any backend's failure mid-stream (aiohttp, litellm) is told the same way
-            error = translate(exc, Boundary.STREAM, "the upstream")
-            self._failed(error)
-            yield sse.error_event(error, after_partial=not complete)
-
-    def _failed(self, error: TurnoutError) -> None:
-        self.error = error
-        self.status = error.status
-        self._ledger.accounts.count_error(error)
+    def events(self) -> AsyncIterator[bytes]:
+        """A stream's events as they arrive, accounted (see :mod:`gateway.dispatch.events`); a failure
+        after the first byte ends it with an error event, and is kept in ``error``."""
+        return accounted_events(self._opened.response.chunks(), self._ledger, self._opened.citations)
 
     def close(self) -> None:
         """Release what the backend holds for the answer (the connection, an adapter lease); once."""

@@ -26,6 +26,7 @@ import orjson
 
 from gateway.accounting.ledger import Ledger
 from gateway.errors import TurnoutError, UpstreamError
+from gateway.failures import Boundary, translate
 from gateway.protocol import sse
 from gateway.protocol.usage import usage_of
 
@@ -38,44 +39,64 @@ _GENERATED = re.compile(rb'"(?:content|text|reasoning_content)":\s*"[^"]|"tool_c
 async def accounted_events(
     chunks: AsyncIterator[bytes], ledger: Ledger, citations: list[dict[str, Any]] | None
 ) -> AsyncIterator[bytes]:
+    """The stream's events, accounted as they pass. A failure after the first byte cannot change the
+    response's status any more: the stream ends with an error event instead (the OpenAI envelope, which
+    the ``openai`` client raises), and the ledger records the failure (see ``Ledger.stream_failed``)."""
     iterator = aiter(chunks)
     buffer = b""
     meta: dict[str, Any] | None = None
     held: dict[str, Any] | None = None  # the upstream's usage event (no choices), parsed
-    while True:
-        try:
-            with ledger.waiting_upstream():
+    end, data, done, clock = sse.END, sse.DATA, sse.DONE, time.perf_counter
+    try:
+        while True:
+            waited = clock()
+            try:
                 chunk = await anext(iterator)
-        except StopAsyncIteration:
-            break
-        buffer = buffer + chunk if buffer else chunk
-        while (cut := buffer.find(sse.END)) >= 0:
-            event, buffer = buffer[:cut], buffer[cut + len(sse.END) :]
-            if not event.startswith(sse.DATA):
-                yield event + sse.END  # comments, retry hints: not ours to judge
-                continue
-            if sse.is_done(event):
-                yield _closing_event(ledger, meta, held, citations)
-                yield event + sse.END
-                continue
-            if meta is None:
-                meta = _event_meta(event)
-            if _USAGE in event and (body := sse.parsed(event)) is not None and (usage := usage_of(body)) is not None:
-                # the last figures count: with continuous usage stats every chunk carries running totals
-                ledger.saw_usage(usage)
-                if not body.get("choices"):
-                    held = body  # said in the closing event instead
+            except StopAsyncIteration:
+                ledger.waited_upstream(clock() - waited)
+                break
+            ledger.waited_upstream(clock() - waited)
+            buffer = buffer + chunk if buffer else chunk
+            while (cut := buffer.find(end)) >= 0:
+                event, buffer = buffer[:cut], buffer[cut + 2 :]
+                if not event.startswith(data):
+                    yield event + end  # comments, retry hints: not ours to judge
                     continue
-                if not ledger.wants_usage:
-                    event = sse.DATA + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
-            if event.startswith(_UPSTREAM_ERROR):
-                ledger.saw_stream_error(_upstream_error(event))
-            ledger.keep_event(event)
-            if ledger.first_token_at is None and _GENERATED.search(event):
-                ledger.saw_first_token()
-            yield event + sse.END
+                if event.startswith(done) and sse.is_done(event):
+                    yield _closing_event(ledger, meta, held, citations)
+                    yield event + end
+                    continue
+                if meta is None:
+                    meta = _event_meta(event)
+                if (
+                    _USAGE in event
+                    and (body := sse.parsed(event)) is not None
+                    and (usage := usage_of(body)) is not None
+                ):
+                    # the last figures count: with continuous usage stats every chunk carries running totals
+                    ledger.saw_usage(usage)
+                    if not body.get("choices"):
+                        held = body  # said in the closing event instead
+                        continue
+                    if not ledger.wants_usage:
+                        event = data + orjson.dumps({k: v for k, v in body.items() if k != "usage"})
+                if event.startswith(_UPSTREAM_ERROR):
+                    ledger.saw_stream_error(_upstream_error(event))
+                ledger.keep_event(event)
+                if ledger.first_token_at is None and _GENERATED.search(event):
+                    ledger.saw_first_token()
+                yield event + end
+    except Exception as exc:  # any backend's failure mid-stream (aiohttp, litellm) is told the same way
+        # Only whole events were passed on (a partial one is yielded only once the upstream ended), so
+        # the error event starts on an event boundary.
+        error = translate(exc, Boundary.STREAM, "the upstream")
+        ledger.stream_failed(error)
+        yield sse.error_event(error)
+        return
     if buffer:
         yield buffer
+    if ledger.stream_error is not None:  # the upstream said in-band that it failed
+        ledger.stream_failed(ledger.stream_error)
 
 
 def _closing_event(

@@ -44,11 +44,10 @@ def is_done(event: bytes) -> bool:
     return event.rstrip() == DONE
 
 
-def error_event(error: TurnoutError, *, after_partial: bool = False) -> bytes:
+def error_event(error: TurnoutError) -> bytes:
     """An error told in-band, once the response has started: the OpenAI envelope as an event of its own,
-    which the ``openai`` client raises as an ``APIError``. ``after_partial``: the bytes sent so far end
-    mid-event, so that event is closed first."""
-    return (END if after_partial else b"") + event(error.body())
+    which the ``openai`` client raises as an ``APIError``."""
+    return event(error.body())
 
 
 __all__ = ["DATA", "DONE", "DONE_EVENT", "END", "error_event", "event", "is_done", "json_event", "parsed"]

@@ -34,6 +34,8 @@ from tests.support.faulty_upstream import BASE, MAX_RANK, SAFETY_S, FaultyUpstre
 
 # -- serving ----------------------------------------------------------------------------------------
 
+CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
+
 
 class _Server(uvicorn.Server):
     """A uvicorn server for a task in a running loop: it leaves the process's signals alone and says

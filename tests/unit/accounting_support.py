@@ -237,7 +237,7 @@ def last_chunk_with_usage() -> bytes:
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside gateway.accounting.ledger: a clock only the test moves."""
+    """Stands in for the ``time`` module where the accounting reads it: a clock only the test moves."""
 
     def __init__(self) -> None:
         self.now = 100.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from gateway.accounting.ledger import Accounting
 from gateway.accounting.prices import PriceBook
 from gateway.accounting.usage import TokenCounter
 from gateway.metrics import Metrics
+from tests.support.faulty_upstream import FaultyUpstream
+from tests.support.inprocess import serve_upstream, write_adapter
 from tests.unit.accounting_support import (
     GPT_PRICE,
     TOKENIZER,
@@ -38,7 +41,22 @@ def accounting(metrics: Metrics) -> Accounting:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
-    """The ledgers' clock, moved only by the test (their timers and first-token time read it)."""
+    """The accounting's clock, moved only by the test: the ledgers' timers and first-token time, and the
+    stream's per-chunk waits read it."""
     fake = FakeTime()
     monkeypatch.setattr("gateway.accounting.ledger.time", fake)
+    monkeypatch.setattr("gateway.dispatch.events.time", fake)
     return fake
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[FaultyUpstream]:
+    """The fault-injecting upstream of a module's in-process completion tests."""
+    async with serve_upstream() as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter directory that passes the gateway's checks."""
+    return write_adapter(tmp_path_factory.mktemp("adapters") / "lora")

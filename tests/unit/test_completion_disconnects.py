@@ -13,22 +13,15 @@ import pytest
 
 from tests.support.faulty_upstream import SAFETY_S, SLOW, SLOW_START, FaultyUpstream, Seen
 from tests.support.inprocess import (
+    CHAT,
+    TEXT,
     Gateway,
     chat_body,
     completion_body,
     gateway_config,
     serve_gateway,
-    serve_upstream,
     write_adapter,
 )
-
-CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[FaultyUpstream]:
-    async with serve_upstream() as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

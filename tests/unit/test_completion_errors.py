@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.faulty_upstream import BASE, FaultyUpstream
 from tests.support.inprocess import (
+    CHAT,
+    TEXT,
     Gateway,
     Scrape,
     assert_envelope,
@@ -21,24 +23,10 @@ from tests.support.inprocess import (
     gateway_config,
     raw_exchange,
     serve_gateway,
-    serve_upstream,
-    write_adapter,
 )
 
 LIMIT = 2048  # server.max_body_bytes of the gateway under test
-CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 KEY = "sk-test-acme"
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[FaultyUpstream]:
-    async with serve_upstream() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_adapter(tmp_path_factory.mktemp("adapters") / "lora")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from tests.support.inprocess import (
     events,
     gateway_config,
     serve_gateway,
-    serve_upstream,
     write_adapter,
 )
 
@@ -51,12 +50,6 @@ POLICIES: dict[str, Any] = {
         "fallbacks": [f"adapter:{fail(503)}"],
     },
 }
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[FaultyUpstream]:
-    async with serve_upstream() as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

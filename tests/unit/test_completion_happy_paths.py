@@ -23,24 +23,11 @@ from tests.support.inprocess import (
     events,
     gateway_config,
     serve_gateway,
-    serve_upstream,
-    write_adapter,
 )
 
 PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 ROUTES = [(BASE, f"base:{BASE}"), ("formal", "adapter:formal")]
 FIXED_POINT = re.compile(r"^\d+\.\d+$")
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[FaultyUpstream]:
-    async with serve_upstream() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_adapter(tmp_path_factory.mktemp("adapters") / "lora")
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,18 @@ import pytest
 
 from tests.support.faulty_upstream import BASE, FaultyUpstream, fail
 from tests.support.inprocess import (
+    CHAT,
+    TEXT,
     Gateway,
     Scrape,
     event_data,
     events,
     gateway_config,
     serve_gateway,
-    serve_upstream,
     write_adapter,
 )
 
-CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 PROMPT = [{"role": "user", "content": "Count to four."}]
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[FaultyUpstream]:
-    async with serve_upstream() as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import pytest
 
 from tests.support.faulty_upstream import BASE, INBAND, MIDSTREAM, FaultyUpstream, fail
 from tests.support.inprocess import (
+    CHAT,
+    TEXT,
     Gateway,
     Scrape,
     assert_envelope,
@@ -24,20 +26,12 @@ from tests.support.inprocess import (
     gateway_config,
     read_all,
     serve_gateway,
-    serve_upstream,
     write_adapter,
 )
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
-CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 STATUS_FAULTS = [400, 401, 404, 422, 429, 500, 502, 503, 504]
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[FaultyUpstream]:
-    async with serve_upstream() as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import pytest
 
 from tests.support.faulty_upstream import BASE, SILENT, SLOW, FaultyUpstream
 from tests.support.inprocess import (
+    CHAT,
+    TEXT,
     Gateway,
     assert_envelope,
     chat_body,
@@ -25,17 +27,10 @@ from tests.support.inprocess import (
     read_all,
     serve_gateway,
     serve_upstream,
-    write_adapter,
 )
 
-CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 READ_TIMEOUT_S = 0.3
 FALLBACK_TO_BASE = {"default": "adapter:formal", "fallbacks": ["base"]}
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_adapter(tmp_path_factory.mktemp("adapters") / "lora")
 
 
 @pytest.fixture(scope="module")
