@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 
 from fastapi import FastAPI
-from starlette.routing import Mount, Router
+from starlette.routing import Router
 
 from gateway.api import admin, health, metrics, models, rag, route
 from gateway.api.completions import completion_routes
@@ -64,7 +64,9 @@ def create_asgi_app(config: TurnoutConfig, config_path: Path | None = None) -> R
             _reload_on_sighup(components, stack)
             yield {"components": components}  # the server copies it into every request's scope["state"]
 
-    return Router([*completion_routes(ids), Mount("", app=api)], lifespan=lifespan)
+    # Whatever no completion route matches goes to the FastAPI app as it came (no redirect of slashes here:
+    # FastAPI answers every other path, its 404s and 405s included, with the envelope).
+    return Router(completion_routes(ids), redirect_slashes=False, default=api, lifespan=lifespan)
 
 
 def _reload_on_sighup(components: Components, stack: AsyncExitStack) -> None:

@@ -35,6 +35,7 @@ long as nothing has been sent to the client yet.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -60,6 +61,14 @@ class TurnoutError(Exception):
             self.status = status
         self.headers: dict[str, str] = {}  # extra response headers, such as the route it was sent on
         self.counted = False  # already counted in the error metrics (by the request's ledger)
+
+    def for_another_request(self) -> TurnoutError:
+        """The same error, as a new instance for another request that shares its cause (a load several
+        requests waited on): its own headers, counted on its own."""
+        twin = copy.copy(self)
+        twin.headers = {}
+        twin.counted = False
+        return twin
 
     def add_headers(self, headers: Mapping[str, str]) -> None:
         """Response headers to send with the envelope (the route it was sent on, what it cost)."""

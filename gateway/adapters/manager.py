@@ -28,7 +28,7 @@ import orjson
 
 from gateway.adapters.validation import BaseModelFacts, validate_adapter
 from gateway.config import AdapterConfig
-from gateway.errors import CapacityExhausted, InvalidAdapter, ModelNotFound, UpstreamError
+from gateway.errors import CapacityExhausted, InvalidAdapter, ModelNotFound, TurnoutError, UpstreamError
 from gateway.metrics import Metrics
 from gateway.protocol.envelope import error_message
 from gateway.upstream.client import Upstream
@@ -174,7 +174,12 @@ class AdapterManager:
                 task = asyncio.create_task(self._load(adapter), name=f"load-adapter-{adapter.name}")
                 adapter.loading = task
                 task.add_done_callback(partial(_loaded, adapter))
-            await asyncio.shield(adapter.loading)
+            try:
+                await asyncio.shield(adapter.loading)
+            except TurnoutError as exc:
+                # every waiter of one load gets the load's error: each its own instance, since a request's
+                # response headers and error count travel on it
+                raise exc.for_another_request() from exc
 
     async def _sync(self) -> None:
         # Under the operations lock: no load or unload can finish between reading vLLM's list and

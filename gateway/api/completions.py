@@ -39,8 +39,8 @@ class CompletionEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sender = pipeline.admit(scope, send, self.ids)
-        components: Components = scope["state"]["components"]
         try:
+            components: Components = scope["state"]["components"]
             try:
                 await self._serve(components, scope, receive, sender)
             except TurnoutError as exc:

@@ -133,11 +133,15 @@ def context(scope: Scope, who: Identity, headers: Mapping[str, str]) -> RequestC
 # --- fail -----------------------------------------------------------------------------------------------
 
 
-def fail(components: Components | None, exc: TurnoutError, method: str, path: str) -> Response:
-    """Count ``exc`` (once), log it if the server's side failed, and render it as the envelope."""
-    if components is not None:
+def fail(components: Components | None, exc: TurnoutError, method: str, path: str, *, counted: bool = True) -> Response:
+    """Count ``exc`` (once), log it if the server's side failed, and render it as the envelope.
+
+    ``counted=False`` for what the web framework refuses before any route of ours runs (an unknown URL or
+    method, a malformed query parameter): answered the same way, but kept out of the error metrics, which
+    count the gateway's own refusals and failures (scanners would otherwise fill them)."""
+    if components is not None and counted:
         if not exc.counted:  # no ledger recorded it: refused before routing (key, size, method, body)
-            endpoint = ENDPOINTS.get(path.rstrip("/"))
+            endpoint = ENDPOINTS.get(path.removesuffix("/"))
             if endpoint is not None:
                 components.metrics.route(endpoint, NO_POLICY, NO_ROUTE, NO_ROUTE).requests(exc.status).inc()
         components.accounting.count_error(exc)  # once: the request's ledger may have counted it already

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from contextlib import aclosing
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -48,12 +49,13 @@ async def respond(completion: Completion, scope: Scope, receive: Receive, send: 
             return
         await send(_start(opened, list(_STREAM_HEADERS)))
         done, clock = sse.DONE, time.perf_counter
-        async for event in opened.events():
-            writing = clock()
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-            ledger.waited_elsewhere(clock() - writing)  # a slow reader's pace is not the gateway's work
-            if event.startswith(done):
-                delivered = True  # the client may hang up as soon as it has read [DONE]
+        async with aclosing(opened.events()) as events:  # closed here, whatever stops the loop
+            async for event in events:
+                writing = clock()
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                ledger.waited_elsewhere(clock() - writing)  # a slow reader's pace is not the gateway's work
+                if event.startswith(done):
+                    delivered = True  # the client may hang up as soon as it has read [DONE]
         delivered = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if opened.error is not None:

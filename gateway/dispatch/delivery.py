@@ -10,7 +10,7 @@ tells the ledger how the request ended.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from gateway.accounting.ledger import Ledger, dollars
 from gateway.dispatch.answers import with_citations
@@ -95,7 +95,7 @@ class Delivery:
         headers["x-turnout-overhead-ms"] = _milliseconds(ledger.overhead_s())
         return body
 
-    def events(self) -> AsyncIterator[bytes]:
+    def events(self) -> AsyncGenerator[bytes, None]:
         """A stream's events as they arrive, accounted (see :mod:`gateway.dispatch.events`); a failure
         after the first byte ends it with an error event, and is kept in ``error``."""
         return accounted_events(self._opened.response.chunks(), self._ledger, self._opened.citations)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -38,7 +38,7 @@ _GENERATED = re.compile(rb'"(?:content|text|reasoning_content)":\s*"[^"]|"tool_c
 
 async def accounted_events(
     chunks: AsyncIterator[bytes], ledger: Ledger, citations: list[dict[str, Any]] | None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The stream's events, accounted as they pass. A failure after the first byte cannot change the
     response's status any more: the stream ends with an error event instead (the OpenAI envelope, which
     the ``openai`` client raises), and the ledger records the failure (see ``Ledger.stream_failed``)."""
@@ -63,6 +63,8 @@ async def accounted_events(
                     yield event + end  # comments, retry hints: not ours to judge
                     continue
                 if event.startswith(done) and sse.is_done(event):
+                    if ledger.stream_error is not None:  # recorded now: the client may leave once it has [DONE]
+                        ledger.stream_failed(ledger.stream_error)
                     yield _closing_event(ledger, meta, held, citations)
                     yield event + end
                     continue
@@ -95,7 +97,7 @@ async def accounted_events(
         return
     if buffer:
         yield buffer
-    if ledger.stream_error is not None:  # the upstream said in-band that it failed
+    if ledger.stream_error is not None and ledger.stream_failure is None:  # said in-band, with no [DONE]
         ledger.stream_failed(ledger.stream_error)
 
 

@@ -17,7 +17,7 @@ from gateway.config.model import OpenAIConfig
 from gateway.dispatch.answers import StaticAnswer
 from gateway.dispatch.backend import Call, Opened
 from gateway.dispatch.shaping import shape_data
-from gateway.errors import UpstreamError
+from gateway.errors import TurnoutError, UpstreamError
 from gateway.failures import Boundary, translate
 from gateway.protocol import sse
 from routing import Target
@@ -117,6 +117,8 @@ class OpenAIBackend:
                     return Opened(answer)
                 iterator = aiter(response)
                 first = await anext(iterator)
+        except TurnoutError:
+            raise
         except Exception as exc:  # litellm raises its own tree: see gateway.failures for what each kind means
             raise translate(exc, Boundary.OPENAI, repr(target.name)) from exc
         return Opened(LiteLLMStream(first, iterator))

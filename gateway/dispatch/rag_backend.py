@@ -82,8 +82,9 @@ class RagBackend:
         shaped = replace(target.generator, system_prompt=prompt, caps=target.caps)
         ledger.added_to_prompt(prompt)
         body = shape_body(call.raw, call.data, call.endpoint, shaped, target.generator.name)
+        citations = [hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)]
         opened = await self.generator.open_body(target.generator, call, body)
-        return opened.cited([hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)], headers)
+        return opened.cited(citations, headers)
 
     async def _retrieve(self, collection: str, call: Call, top_k: int, threshold: float) -> list[Hit]:
         features = call.features

@@ -19,7 +19,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from gateway.accounting.ledger import CLIENT_LEFT, Accounting
+from gateway.accounting.ledger import SHUT_DOWN, Accounting
 from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
 from gateway.dispatch.delivery import Completion
 from gateway.dispatch.shaping import request_features
@@ -136,7 +136,8 @@ class CompletionService:
             ledger.crash()  # a bug: answered with the 500 envelope
             raise
         except BaseException:
-            ledger.finish(CLIENT_LEFT)  # cancelled: the client left while the request was being routed
+            # Cancelled: nothing watches the client while a request is routed, so it is the server stopping.
+            ledger.finish(SHUT_DOWN)
             raise
         ledger.routed(routed.features.model, routed.data, routed.stream)
         self.metrics.decision(routed.features.model, routed.decision.rule).inc()

@@ -40,11 +40,10 @@ class UpstreamSettings:
 class UpstreamResponse:
     """A successful (2xx) upstream answer whose body has not been read yet; release it when done."""
 
-    __slots__ = ("_name", "_response")
+    __slots__ = ("_response",)
 
-    def __init__(self, response: aiohttp.ClientResponse, name: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self._name = name
 
     @property
     def status(self) -> int:
@@ -58,7 +57,7 @@ class UpstreamResponse:
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise translate(exc, Boundary.READ, self._name) from exc
+            raise translate(exc, Boundary.READ, "the upstream") from exc
         finally:
             self._response.release()
 
@@ -104,7 +103,7 @@ class Upstream:
             headers = {**self._headers, "x-request-id": f"{request_id}-{self._prefix}{next(self._serial):x}"}
         response = await self._send("POST", path, body, self._timeout, headers)
         if response.status < 300:
-            return UpstreamResponse(response, self.settings.name)
+            return UpstreamResponse(response)
         raise await self._error_from(response, model)
 
     async def request(

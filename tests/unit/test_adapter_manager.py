@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.adapters.manager import AdapterManager, ManagerSettings
 from gateway.config import AdapterConfig
-from gateway.errors import CapacityExhausted, InvalidAdapter
+from gateway.errors import CapacityExhausted, InvalidAdapter, UpstreamError
 from gateway.upstream.client import Upstream, UpstreamSettings
 
 
@@ -27,6 +27,7 @@ class FakeLoraApi:
     calls: list[tuple[str, str]] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    broken: bool = False  # loads fail with a server error
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -43,6 +44,8 @@ class FakeLoraApi:
         self.calls.append(("load", name))
         self.called.set()
         await self.gate.wait()
+        if self.broken:
+            return web.json_response({"error": {"message": "engine dead"}}, status=500)
         if name in self.loaded:
             return web.json_response(
                 {"error": {"message": f"The lora adapter '{name}' has already been loaded."}}, status=400
@@ -172,3 +175,28 @@ async def test_an_invalid_adapter_is_never_sent(fake: tuple[FakeLoraApi, str], t
             await manager.acquire("a")
         assert api.calls == []
         assert manager.snapshot()[0]["in_flight"] == 0
+
+
+async def test_waiters_of_a_failed_load_each_get_an_error_of_their_own(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
+    api, url = fake
+    api.broken = True
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path)
+        waiters = [asyncio.create_task(manager.acquire("a")) for _ in range(4)]
+        await api.called.wait()
+        api.gate.set()
+        errors = await asyncio.gather(*waiters, return_exceptions=True)
+    assert api.calls == [("load", "a")]  # one load, shared
+    assert all(isinstance(error, UpstreamError) for error in errors)
+    assert len({id(error) for error in errors}) == len(errors)  # a request's headers and count travel on it
+    first, second = errors[0], errors[1]
+    assert isinstance(first, UpstreamError)
+    assert isinstance(second, UpstreamError)
+    first.add_headers({"x-turnout-policy": "one"})
+    assert first.claim_count()
+    assert second.headers == {}
+    assert second.claim_count()  # counted on its own, once
+    assert second.message == first.message
+    assert [row["in_flight"] for row in manager.snapshot() if row["name"] == "a"] == [0]

@@ -19,9 +19,11 @@ from tests.support.inprocess import (
     TEXT,
     Gateway,
     Scrape,
+    assert_envelope,
     event_data,
     events,
     gateway_config,
+    raw_exchange,
     serve_gateway,
     write_adapter,
 )
@@ -183,3 +185,19 @@ async def test_no_request_stays_in_flight(gateway: Gateway, traffic: tuple[Scrap
     assert said
     assert after.value("turnout_in_flight_requests") == 0
     assert (await gateway.scrape()).value("turnout_in_flight_requests") == 0
+
+
+async def test_what_the_web_framework_refuses_gets_the_envelope_but_is_not_counted(gateway: Gateway) -> None:
+    """Unknown URLs and methods on the other endpoints (scanners send plenty) are answered with the
+    envelope, and kept out of the error metrics, which count the gateway's own refusals."""
+    before = await gateway.scrape()
+    assert_envelope(await gateway.http.get("/wp-login.php"), 404, "not_found")
+    assert_envelope(await gateway.http.delete("/v1/models"), 405, "method_not_allowed")
+    assert_envelope(await gateway.http.post(CHAT + "//", json={}), 404, "not_found")
+    odd = await raw_exchange(gateway.port, b"OPTIONS * HTTP/1.1\r\nhost: gw\r\n\r\n")
+    assert odd.status == 404
+    assert odd.json()["error"]["code"] == "not_found"
+    assert odd.headers.get("x-request-id")
+    after = await gateway.scrape()
+    assert after.value("turnout_errors_total") == before.value("turnout_errors_total")
+    assert after.value("turnout_requests_total") == before.value("turnout_requests_total")

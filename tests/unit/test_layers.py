@@ -35,6 +35,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.api", "gateway.app"),
     ("gateway.cli", "gateway.__main__"),
 ]
+# The foundations say exactly what they may import (their docstrings): held to it, not just to their layer.
+ALLOWED: dict[str, set[str]] = {
+    "routing": set(),
+    "gateway.errors": set(),
+    "gateway.metrics": set(),
+    "gateway.failures": {"gateway.errors"},
+    "gateway.protocol": {"gateway.errors"},
+    "gateway.config": {"routing"},
+}
 HTTP_LIBRARIES = ("fastapi", "starlette", "uvicorn")
 HTTP_LAYERS = ("gateway.api", "gateway.app", "gateway.cli")
 
@@ -81,11 +90,16 @@ def _internal(target: str) -> str | None:
     return None
 
 
+def _within(module: str, prefix: str) -> bool:
+    """``module`` is ``prefix`` or inside it (the root package ``gateway`` stands only for itself)."""
+    return module == prefix or (prefix != "gateway" and module.startswith(prefix + "."))
+
+
 def _layer(module: str) -> int:
     best, level = -1, -1
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            if _within(module, prefix) and len(prefix) > best:
                 best, level = len(prefix), index
     assert level >= 0, f"{module} is in no layer: add it to LAYERS (and to the README's drawing)"
     return level
@@ -146,6 +160,24 @@ def test_every_import_points_down_the_layers() -> None:
     assert not wrong, "imports that point up the layers:\n" + "\n".join(wrong)
 
 
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_the_foundations_import_only_what_they_say(package: str) -> None:
+    allowed = ALLOWED[package]
+    wrong = [
+        f"{MODULES[name].relative_to(ROOT)}:{line}: {target}"
+        for name, edges in GRAPH.items()
+        if _within(name, package)
+        for target, line in edges.items()
+        if not _within(target, package) and not any(_within(target, other) for other in allowed)
+    ]
+    assert not wrong, f"{package} may import only {sorted(allowed) or 'nothing of the project'}:\n" + "\n".join(wrong)
+
+
+def test_every_module_is_in_a_layer() -> None:
+    for name in MODULES:
+        _layer(name)  # fails, naming the module, when none of LAYERS covers it
+
+
 def test_no_module_imports_in_a_circle() -> None:
     circle = _cycle({name: set(edges) for name, edges in GRAPH.items()})
     assert circle is None, "modules import each other in a circle: " + " -> ".join(circle or [])
@@ -201,3 +233,6 @@ def test_the_checks_see_real_imports() -> None:
     assert "gateway.api.pipeline" in GRAPH["gateway.api.deps"]  # ``from gateway.api import pipeline``
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _layer("gateway.api.completions") > _layer("gateway.dispatch.service") > _layer("gateway.protocol.sse")
+    assert not _within("gateway.api", "gateway")  # the root package does not swallow the others
+    with pytest.raises(AssertionError, match="in no layer"):
+        _layer("gateway.newcomer")

@@ -7,6 +7,7 @@ service, the routing table, the ledger and the metrics are the real ones.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -205,3 +206,24 @@ async def test_a_streamed_answer_that_breaks_off_ends_with_an_error_event(accoun
     assert delivery.error.code == "upstream_error"
     # the half event never reached the client (events are passed on whole): the error is the only event
     assert events == [b"data: " + delivery.error.body() + b"\n\n"]
+
+
+async def test_a_request_cancelled_while_routed_is_recorded_as_the_server_stopping(
+    accounting: Accounting, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing watches the client while a request is routed, so a cancellation there is a shutdown."""
+    svc, _ = service({"default": "base"}, {}, accounting)
+    routing = asyncio.Event()
+
+    async def stalled(*args: Any) -> Any:
+        routing.set()
+        await asyncio.Event().wait()  # an embedding that never comes back
+
+    monkeypatch.setattr(svc, "route", stalled)
+    task = asyncio.create_task(svc.complete("chat", body(), RequestContext("req-1")))
+    await routing.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert requests_total(metrics, "chat", "none", None, 503) == 1
+    assert sample(metrics, "turnout_in_flight_requests") == 0
