@@ -34,13 +34,14 @@ SHUT_DOWN = 503  # the status recorded for a request the server stopped before i
 
 
 def dollars(cost: float) -> str:
-    """A dollar figure for a header: every digit of the float, in fixed point (never ``4.2e-06``)."""
-    text = repr(cost)
+    """A dollar figure for a header: 10 significant digits in fixed point, never ``4.2e-06`` and no trailing
+    zeros (``0.000005666666667``, ``0.001``, and ``0`` when nothing was spent)."""
+    text = f"{cost:.10g}"
     mantissa, _, exponent = text.partition("e")
     if not exponent:
         return text
     if exponent.startswith("-") and not mantissa.startswith("-"):
-        # what repr writes as d.ddde-N for the small figures requests cost, spelt out (no Decimal needed)
+        # written d.ddde-N for the small figures requests cost: spelt out (no Decimal needed)
         return "0." + "0" * (int(exponent[1:]) - 1) + mantissa.replace(".", "")
     return format(Decimal(text), "f")
 

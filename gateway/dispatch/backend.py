@@ -77,7 +77,12 @@ class Opened:
 
 
 class PassToNextRule(Exception):
-    """A target has nothing to say (retrieval found nothing) and its rule lets the next rule decide."""
+    """A target has nothing to say (retrieval found nothing) and its rule lets the next rule decide;
+    ``headers`` say so on the answer the next rule gives."""
+
+    def __init__(self, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.headers = dict(headers or {})
 
 
 class Backend(Protocol):

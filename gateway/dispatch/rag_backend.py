@@ -68,7 +68,7 @@ class RagBackend:
             self.metrics.retrieval_empty.labels(target.name).inc()
         headers = {"x-turnout-citations": str(len(hits)), "x-turnout-retrieval": "hits" if hits else "empty"}
         if not hits and on_empty == "next_rule":
-            raise PassToNextRule(f"no chunk of {target.name!r} scored {threshold:g} or more")
+            raise PassToNextRule(f"no chunk of {target.name!r} scored {threshold:g} or more", headers)
         if not hits and on_empty == "refuse":
             answer = written_answer(
                 call.endpoint, str(call.data.get("model")), collection.refuse_message, bool(call.data.get("stream"))

@@ -148,12 +148,14 @@ class CompletionService:
         """Open the answer for the decision, following rules that pass the request on."""
         decision = routed.decision
         passed: list[str] = []
+        carried: dict[str, str] = {}  # what the rules that passed it on say (x-turnout-retrieval: empty)
         while True:
             try:
-                return await self._open_chain(call, decision, passed, ctx)
+                return await self._open_chain(call, decision, passed, carried, ctx)
             except PassToNextRule as exc:
                 # Retrieval came back empty and the rule passes the request on: the rules after it decide.
                 log.info("request %s: rule %s passed the request on: %s", ctx.request_id, decision.rule, exc)
+                carried.update(exc.headers)
                 if decision.rule == "default" or decision.rule in passed:
                     # the configuration check refuses this; never loop if it gets here anyway
                     raise TurnoutError(f"rule {decision.rule!r} passed the request on, but no rule follows") from exc
@@ -163,12 +165,12 @@ class CompletionService:
                 decision = following
 
     async def _open_chain(
-        self, call: Call, decision: Decision, passed: list[str], ctx: RequestContext
+        self, call: Call, decision: Decision, passed: list[str], carried: dict[str, str], ctx: RequestContext
     ) -> tuple[Opened, dict[str, str]]:
         chain = decision.chain
         failed: list[str] = []
         for position, target in enumerate(chain):
-            headers = {"x-turnout-route": target.label, "x-turnout-rule": decision.rule}
+            headers = {**carried, "x-turnout-route": target.label, "x-turnout-rule": decision.rule}
             if decision.policy is not None:
                 headers["x-turnout-policy"] = decision.policy
             if passed:

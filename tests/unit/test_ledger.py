@@ -188,7 +188,7 @@ def test_unknown_model_is_counted_under_policy_none(accounting: Accounting, metr
     ledger = accounting.open("chat", time.perf_counter())
     error = ModelNotFound("the model 'who-knows' does not exist")
     ledger.fail(error)
-    assert error.headers["x-turnout-cost-usd"] == "0.0"
+    assert error.headers["x-turnout-cost-usd"] == "0"
     assert requests_total(metrics, "chat", "none", None, 404) == 1
     labels = route_labels("none", None)
     assert sample(metrics, "turnout_request_duration_seconds_count", **labels, stream="false") == 1

@@ -119,7 +119,7 @@ async def test_an_exhausted_chain_raises_the_last_error_with_the_route_and_its_c
     assert caught.value.message == "base is down"
     assert caught.value.headers["x-turnout-route"] == "base:tiny"
     assert caught.value.headers["x-turnout-fallback-from"] == "adapter:formal"
-    assert caught.value.headers["x-turnout-cost-usd"] == "0.0"  # nothing was generated
+    assert caught.value.headers["x-turnout-cost-usd"] == "0"  # nothing was generated
     assert requests_total(metrics, "chat", "bot", Target(TargetKind.BASE, "tiny"), 503) == 1
     assert sample(metrics, "turnout_errors_total", type="upstream_unavailable") == 1
 
@@ -141,11 +141,13 @@ async def test_a_rule_that_passes_the_request_on_lets_the_next_rule_decide(accou
         ],
         "default": "base",
     }
-    svc, stub = service(policy, {"docs": PassToNextRule("nothing scored high enough")}, accounting)
+    empty = PassToNextRule("nothing scored high enough", {"x-turnout-retrieval": "empty"})
+    svc, stub = service(policy, {"docs": empty}, accounting)
     headers, _ = await answer(svc, body())
     assert stub.opened == ["rag:docs+adapter:formal", "adapter:terse"]
     assert headers["x-turnout-rule"] == "greeting"
     assert headers["x-turnout-passed-rules"] == "docs"
+    assert headers["x-turnout-retrieval"] == "empty"  # the answer says why the rule passed it on
 
 
 async def test_retrieval_down_degrades_to_the_fallback_and_says_so(accounting: Accounting) -> None:
