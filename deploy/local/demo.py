@@ -5,7 +5,8 @@
 Run it with the gateway's Python (the one with Turnout installed). It builds
 or reuses the vLLM venv and the tiny model with its adapters, starts vLLM on
 127.0.0.1:8000 and the gateway on 127.0.0.1:8080 (``examples/demo.yaml``),
-prints requests to try, and keeps both running until Ctrl-C or SIGTERM.
+prints requests to try (the README's Quickstart examples), and keeps both running until Ctrl-C or
+SIGTERM.
 If either server dies, the other is stopped and the demo exits non-zero with
 the end of the dead server's log. Logs are in ``.turnout/logs/``.
 """
@@ -29,6 +30,7 @@ from localstack import (
     stop_process_group,
     wait_http_ok,
 )
+from readme_examples import examples
 
 VLLM_PORT = 8000
 GATEWAY_URL = "http://127.0.0.1:8080"
@@ -39,37 +41,6 @@ BASE_MODEL = "tiny-llama"
 FINE_TUNE_ALIAS = "ft:gpt-4o-mini-2024-07-18:acme::abc123"
 LOG_DIR = REPO_ROOT / ".turnout" / "logs"
 
-CURL_EXAMPLE = """\
-curl -s http://127.0.0.1:8080/v1/chat/completions \\
-  -H 'Content-Type: application/json' \\
-  -d '{"model": "formal", "messages": [{"role": "user", "content": "Tell me about the harbor."}], "max_tokens": 32}'"""
-
-PYTHON_EXAMPLE = """\
-from openai import OpenAI
-
-client = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
-reply = client.chat.completions.create(
-    model="formal",
-    messages=[{"role": "user", "content": "Tell me about the harbor."}],
-    max_tokens=32,
-)
-print(reply.choices[0].message.content)"""
-
-
-COST_EXAMPLE = """\
-curl -s -D - -o /dev/null http://127.0.0.1:8080/v1/chat/completions \
-  -H 'Content-Type: application/json' \
-  -d '{"model": "support-bot", "messages": [{"role": "user", "content": "Write a formal letter about my order."}], \
-       "max_tokens": 32}' | grep -i x-turnout
-curl -s http://127.0.0.1:8080/metrics | grep '^turnout_cost_dollars_total'"""
-
-
-RAG_EXAMPLE = """\
-curl -s http://127.0.0.1:8080/v1/chat/completions \\
-  -H 'Content-Type: application/json' \\
-  -d '{"model": "support-bot", "messages": [{"role": "user", "content": "How long is the warranty on a kettle?"}], \\
-       "max_tokens": 32}' | python3 -m json.tool"""
-
 
 class _Stop(Exception):
     """Raised from the signal handlers to leave the wait loop."""
@@ -77,6 +48,19 @@ class _Stop(Exception):
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
+
+
+def _banner() -> str:
+    """What to try, from the README's own Quickstart examples (the test suite runs the same ones)."""
+    shown = [example for example in examples() if example.section == "Quickstart"]
+    parts = ["", "Turnout is running. In another terminal, from this directory: source .venv/bin/activate", ""]
+    for example in shown:
+        code = example.code.rstrip()
+        if example.language == "python":  # pasteable in the same shell
+            code = f"python - <<'PY'\n{code}\nPY"
+        parts += [code, ""]
+    parts.append(f"Logs: {LOG_DIR}. Ctrl-C stops both servers.")
+    return "\n".join(parts)
 
 
 def _say(message: str) -> None:
@@ -145,18 +129,7 @@ def main() -> int:
             check=True,
         )
 
-        print(
-            "\nTurnout is running. Try it:\n\n"
-            f"{CURL_EXAMPLE}\n\n"
-            "or with the openai client:\n\n"
-            f"{PYTHON_EXAMPLE}\n\n"
-            "A question the policy sends to retrieval, answered with citations to the handbook:\n\n"
-            f"{RAG_EXAMPLE}\n\n"
-            "What a request cost, which route served it and what the gateway added; dollars per route:\n\n"
-            f"{COST_EXAMPLE}\n\n"
-            f"Logs: {LOG_DIR}. Ctrl-C stops both servers.\n",
-            flush=True,
-        )
+        print(_banner(), flush=True)
 
         while True:
             if gateway.poll() is not None:
