@@ -8,9 +8,9 @@ failure is reported and the rest go on.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway.config.model import ChunkingConfig
@@ -134,7 +134,8 @@ class Ingestor:
             "tenant": tenant,
         }
         payloads = [{**meta, "chunk": c.index, "text": c.text} for c in chunks]
-        manifest = {**meta, "content_hash": document.content_hash, "chunks": len(chunks), "ingested_at": time.time()}
+        ingested_at = datetime.now(UTC).isoformat(timespec="seconds")  # ISO 8601, as updated_at is
+        manifest = {**meta, "content_hash": document.content_hash, "chunks": len(chunks), "ingested_at": ingested_at}
         await self.store.write_document(
             collection, tenant, document.id, vectors, payloads, manifest, previous.chunks if previous else 0
         )
