@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -93,21 +93,34 @@ def _api_for(settings: TurnoutConfig, gateway: str | None) -> _Api | None:
     return None
 
 
-def _open_store(settings: TurnoutConfig) -> VectorStore:
-    """The store, opened without the embedding model (fast); a clear message when a gateway holds it."""
+@contextlib.asynccontextmanager
+async def _offline_store(settings: TurnoutConfig) -> AsyncIterator[VectorStore]:
+    """The store, opened without the embedding model (fast), closed after; a clear message when a gateway
+    holds it, and one line instead of a traceback when it fails."""
     from gateway.rag.store import StoreError, StoreLocked, VectorStore
 
-    store = settings.rag.store
+    config = settings.rag.store
+    where = config.url or config.path
     try:
-        return VectorStore.open(store)
+        store = VectorStore.open(config)
     except StoreLocked:
         raise fail(
-            f"the vector store at {store.path} is open in another process (a gateway?), and no gateway answers at "
+            f"the vector store at {where} is open in another process (a gateway?), and no gateway answers at "
             f"{_gateway_url(settings, None)}: pass --gateway URL to go through the gateway that holds it "
             "(with TURNOUT_API_KEY), or stop it"
         ) from None
     except StoreError as exc:
         raise fail(str(exc)) from None
+    try:
+        yield store
+    except (typer.Exit, typer.Abort):
+        raise
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # the client's many kinds (connection, response): one line for the operator
+        raise fail(f"the vector store at {where} failed: {exc.__class__.__name__}: {exc}") from None
+    finally:
+        await store.close()
 
 
 def _batches(documents: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -244,8 +257,8 @@ async def _ingest_offline(
     from gateway.embeddings import Embedder, EmbedderError
     from gateway.rag.ingest import Ingestor
 
-    store = _open_store(settings)  # first: a store held elsewhere is reported before reading or loading anything
-    try:
+    # The store first: one held elsewhere is reported before anything is read or loaded.
+    async with _offline_store(settings) as store:
         documents = _read(paths, report)
         embedder = Embedder(settings.embeddings)
         try:
@@ -257,8 +270,6 @@ async def _ingest_offline(
             raise fail(str(exc)) from None
         finally:
             embedder.close()
-    finally:
-        await store.close()
 
 
 @app.command("list")
@@ -287,11 +298,8 @@ def list_documents(
 
 
 async def _list_offline(settings: TurnoutConfig, collection: str, tenant: str) -> list[dict[str, Any]]:
-    store = _open_store(settings)
-    try:
+    async with _offline_store(settings) as store:
         return [{"id": m.doc_id, **m.payload} for m in await store.manifests(collection, tenant)]
-    finally:
-        await store.close()
 
 
 @app.command("delete")
@@ -359,16 +367,13 @@ def _confirm(collection: str, tenant: str, documents: int) -> None:
 async def _delete_offline(
     settings: TurnoutConfig, collection: str, tenant: str, document: str | None, ask: bool
 ) -> None:
-    store = _open_store(settings)
-    try:
+    async with _offline_store(settings) as store:
         if document is not None:
             deleted = await store.delete_document(collection, tenant, document)
         else:
             if ask:
                 _confirm(collection, tenant, len(await store.manifests(collection, tenant)))
             deleted = await store.drop_partition(collection, tenant)
-    finally:
-        await store.close()
     if not deleted:
         what = f"no document {document!r} in" if document is not None else "no partition for"
         raise fail(f"nothing to delete: collection {collection!r} has {what} {_whose(tenant)}")

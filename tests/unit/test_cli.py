@@ -302,3 +302,12 @@ def test_a_store_held_elsewhere_is_reported_before_any_slow_work(store_config: P
     assert "no gateway answers at http://127.0.0.1:1" in result.stderr
     assert "--gateway URL" in result.stderr
     assert "absent" not in result.stderr  # and the documents were not even read
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # the client asks the server on opening
+def test_a_store_that_fails_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config = _config(tmp_path, rag={"store": {"url": nowhere()}, "collections": {"kb": {}}})
+    result = _invoke("rag", "list", "kb", "--config", str(config))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("turnout: the vector store at http://127.0.0.1:")
+    assert "Traceback" not in result.output
