@@ -20,6 +20,8 @@ _S = TypeVar("_S", bound=BaseModel)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
+KeyPath = tuple[str | int, ...]  # where something stands in the file: mapping keys and list positions
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -208,16 +210,16 @@ class PolicySpec(_Spec):
         default_factory=list, description="Tried in order when the chosen target fails before its first byte."
     )
 
-    def targets(self) -> list[tuple[str, TargetSpec]]:
-        """Every target the policy names, with where it stands (``default``, ``rules[2].target``...)."""
-        found: list[tuple[str, TargetSpec]] = [("default", self.default)]
-        found += [(f"fallbacks[{i}]", t) for i, t in enumerate(self.fallbacks)]
+    def targets(self) -> list[tuple[KeyPath, TargetSpec]]:
+        """Every target the policy names, with where it stands as key parts (``("rules", 2, "target")``)."""
+        found: list[tuple[KeyPath, TargetSpec]] = [(("default",), self.default)]
+        found += [(("fallbacks", i), t) for i, t in enumerate(self.fallbacks)]
         for i, rule in enumerate(self.rules):
             if rule.target is not None:
-                found.append((f"rules[{i}].target", rule.target))
-            if rule.split is not None:
-                found += [(f"rules[{i}].split.arms[{j}].target", arm.target) for j, arm in enumerate(rule.split.arms)]
-            found += [(f"rules[{i}].fallbacks[{j}]", t) for j, t in enumerate(rule.fallbacks or [])]
+                found.append((("rules", i, "target"), rule.target))
+            for j, arm in enumerate(rule.split.arms if rule.split is not None else []):
+                found.append((("rules", i, "split", "arms", j, "target"), arm.target))
+            found += [(("rules", i, "fallbacks", j), t) for j, t in enumerate(rule.fallbacks or [])]
         return found
 
     @model_validator(mode="after")

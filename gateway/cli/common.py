@@ -1,5 +1,10 @@
-"""What every ``turnout`` command shares: reading the configuration, failing with a message, and one small
-HTTP client for the servers a command talks to (the gateway, vLLM).
+"""What every ``turnout`` command shares: how a group of commands is made, reading the configuration, failing
+with a message and an exit status, and one small HTTP client for the servers a command talks to (the
+gateway, vLLM).
+
+Help is typer's plain formatter (``rich_markup_mode=None``): typer's rich panels print a ``<bool>`` type
+beside every flag (``--help`` included) and read ``[...]`` in help texts as markup, while the plain
+formatter prints flags bare and text as written, and reads the same in a pipe or a log.
 
 The client is the standard library's: a command makes a handful of calls and exits, so there is no
 session to pool and no reason to load aiohttp's machinery for it.
@@ -17,7 +22,17 @@ import typer
 
 from gateway.config import ConfigError, TurnoutConfig, load_config
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The YAML configuration file.")]
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="The YAML configuration file.")]
+
+# Exit statuses a script can tell apart (the README's Command line section lists them per command).
+USAGE = 2  # the command cannot run as asked: invalid configuration, unknown collection, unreadable input
+
+
+def group(help: str) -> typer.Typer:
+    """A group of commands, all with the same settings (see the module docstring for the formatter)."""
+    return typer.Typer(
+        help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None
+    )
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -34,7 +49,7 @@ def load_or_exit(path: Path) -> TurnoutConfig:
         typer.echo(f"turnout: invalid configuration ({len(exc.problems)} problem(s)):", err=True)
         for line in exc.problems:
             typer.echo(f"  {line}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(USAGE) from None
 
 
 class HttpError(Exception):
@@ -85,4 +100,4 @@ class JsonClient:
         return True
 
 
-__all__ = ["ConfigOption", "HttpError", "JsonClient", "Unreachable", "fail", "load_or_exit"]
+__all__ = ["USAGE", "ConfigOption", "HttpError", "JsonClient", "Unreachable", "fail", "group", "load_or_exit"]

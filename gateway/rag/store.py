@@ -8,6 +8,10 @@ live in the collection's shared partition, which every caller's search includes.
 Every partition has a manifest beside it, one point per document (its content hash and chunk count),
 so re-ingesting an unchanged document is a lookup, and deleting or replacing one touches exactly its
 chunks, whose ids are derived from the document id and position.
+
+The vector size matters only to create a partition: a store opened without one lists, searches and
+deletes (``turnout rag list`` and ``rag delete`` open it so, without loading the embedding model), and one
+given the model's size refuses to write into a partition built with vectors of another size.
 """
 
 from __future__ import annotations
@@ -70,10 +74,15 @@ def manifest_id(doc_id: str) -> str:
 
 
 class VectorStore:
-    def __init__(self, client: AsyncQdrantClient, dimension: int) -> None:
+    def __init__(self, client: AsyncQdrantClient, dimension: int | None = None) -> None:
         self.client = client
-        self.dimension = dimension
+        self.dimension = dimension  # of the embedding model; None: this store creates no partition
         self._known: set[str] = set()  # partitions seen to exist: spares a round trip per search
+        self._sized: set[str] = set()  # partitions whose vector size is known to be ``dimension``
+
+    def sized(self, dimension: int) -> VectorStore:
+        """This store (the same client) for writing vectors of ``dimension``, known once the model is loaded."""
+        return VectorStore(self.client, dimension)
 
     async def _exists(self, name: str) -> bool:
         if name in self._known:
@@ -84,7 +93,8 @@ class VectorStore:
         return False
 
     @classmethod
-    def open(cls, config: RagStoreConfig, dimension: int) -> VectorStore:
+    def open(cls, config: RagStoreConfig, dimension: int | None = None) -> VectorStore:
+        """Open the store (fast: no model involved); :class:`StoreLocked` when another process holds it."""
         try:
             if config.url is not None:
                 key = config.api_key.get_secret_value() if config.api_key else None
@@ -125,13 +135,30 @@ class VectorStore:
         return sorted(found)
 
     async def ensure_partition(self, collection: str, tenant: str) -> None:
+        """Create the partition if it is missing; refuse one whose vectors are not of this store's size."""
+        if self.dimension is None:
+            raise StoreError("the vector store was opened without a vector size: it can read and delete, not write")
         name = partition_name(collection, tenant)
-        if not await self._exists(name):
-            params = models.VectorParams(size=self.dimension, distance=models.Distance.COSINE)
-            await self.client.create_collection(name, vectors_config=params)
+        if name not in self._sized:
+            if await self._exists(name):
+                await self._check_size(name, self.dimension)
+            else:
+                params = models.VectorParams(size=self.dimension, distance=models.Distance.COSINE)
+                await self.client.create_collection(name, vectors_config=params)
+            self._sized.add(name)
         if not await self.client.collection_exists(name + _MANIFEST_SUFFIX):
             params = models.VectorParams(size=1, distance=models.Distance.DOT)
             await self.client.create_collection(name + _MANIFEST_SUFFIX, vectors_config=params)
+
+    async def _check_size(self, name: str, dimension: int) -> None:
+        vectors = (await self.client.get_collection(name)).config.params.vectors
+        size = vectors.size if isinstance(vectors, models.VectorParams) else None
+        if size != dimension:
+            raise StoreError(
+                f"partition {name} holds vectors of {size} dimensions but the embedding model makes {dimension}: "
+                "it was built with another model; delete it (turnout rag delete) and ingest again, or configure "
+                "the model that built it"
+            )
 
     async def manifest(self, collection: str, tenant: str, doc_id: str) -> Manifest | None:
         name = partition_name(collection, tenant) + _MANIFEST_SUFFIX
@@ -223,6 +250,7 @@ class VectorStore:
         name = partition_name(collection, tenant)
         existed = await self.client.collection_exists(name)
         self._known.discard(name)
+        self._sized.discard(name)
         self._known.discard(name + _MANIFEST_SUFFIX)
         for each in (name, name + _MANIFEST_SUFFIX):
             if await self.client.collection_exists(each):

@@ -171,8 +171,9 @@ def test_adapters_list_and_config_check_cli(
         [sys.executable, "-m", "gateway", "adapters", "list", "--config", str(gateway.config_path), "--json"],
         capture_output=True,
         text=True,
-        check=True,
     )
+    assert listed.returncode == 1  # an invalid adapter fails the listing, and it says which
+    assert "adapter(s) invalid: wide" in listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)["adapters"]}
     assert rows["pirate"]["resident"] is True
     assert rows["formal"]["resident"] is False
@@ -183,8 +184,8 @@ def test_adapters_list_and_config_check_cli(
         [sys.executable, "-m", "gateway", "adapters", "list", "--config", str(gateway.config_path)],
         capture_output=True,
         text=True,
-        check=True,
     )
+    assert table.returncode == 1
     assert any(line.split()[:3] == ["pirate", "yes", "yes"] for line in table.stdout.splitlines())
 
     check = subprocess.run(

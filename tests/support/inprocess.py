@@ -158,14 +158,15 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(config: TurnoutConfig) -> AsyncIterator[Gateway]:
-    """The gateway as ``turnout serve`` runs it, on a free loopback port of this event loop.
+async def serve_gateway(config: TurnoutConfig, config_path: Path | None = None) -> AsyncIterator[Gateway]:
+    """The gateway as ``turnout serve`` runs it, on a free loopback port of this event loop (``config_path``:
+    the file it was read from, which a reload reads again).
 
     Its lifespan freezes the start-up heap (``gc.freeze``) and takes SIGHUP; both are undone when it
     stops, so gateways can be started and stopped many times in one test process."""
     sighup = signal.getsignal(signal.SIGHUP)
     try:
-        async with _serving(create_asgi_app(config, None)) as url, Gateway.connected(url, config) as gateway:
+        async with _serving(create_asgi_app(config, config_path)) as url, Gateway.connected(url, config) as gateway:
             yield gateway
     finally:
         gc.unfreeze()

@@ -37,7 +37,7 @@ def test_minimal_file_gets_defaults_and_relative_paths_resolve(tmp_path: Path) -
         ("server:\n  port: 8080\n", "vllm: required key is missing"),
         ("vllm:\n  model: m\nadapters:\n  a: {}\n", "adapters.a.path: required key is missing"),
         ("vllm:\n  model: m\nadapters:\n  'bad name': {path: x}\n", "'bad name' is not a valid model name"),
-        ("vllm:\n  model: m\nadapters:\n  m: {path: x}\n", "adapter name 'm' is also the base model's name"),
+        ("vllm:\n  model: m\nadapters:\n  m: {path: x}\n", "adapters.m: the name is also the base model's name"),
         ("vllm:\n  model: [m\n", "invalid YAML"),
         ("- a\n- b\n", "the top level must be a mapping"),
         ("vllm:\n  model: m\nbase_model:\n  path: nowhere\n", "base_model.path:"),
@@ -97,7 +97,10 @@ def test_unparsable_base_model_config_and_environment_json_are_named(
     monkeypatch.setenv("TURNOUT_ADAPTERS", "{not json")
     with pytest.raises(ConfigError) as caught:
         load_config(_write(tmp_path, "vllm:\n  model: m\n"))
-    assert caught.value.problems[0].startswith("environment: ")
+    assert caught.value.problems == [
+        "environment variable TURNOUT_ADAPTERS: adapters: the value is not valid JSON (Expecting property name "
+        "enclosed in double quotes at character 2); this key takes a JSON object"
+    ]
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

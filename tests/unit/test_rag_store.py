@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config.model import RagStoreConfig
 from gateway.rag import SHARED
-from gateway.rag.store import VectorStore, partition_name
+from gateway.rag.store import StoreError, VectorStore, partition_name
 
 
 class Interrupted(Exception):
@@ -59,3 +59,27 @@ async def test_an_interrupted_write_leaves_nothing_a_delete_cannot_find(tmp_path
         assert await store.count("kb", "t") == 0
     finally:
         await store.close()
+
+
+async def test_the_vector_size_matters_only_to_write(tmp_path: Path) -> None:
+    """A store opened without a size (as ``turnout rag list`` and ``rag delete`` open it, without loading the
+    model) reads and deletes; one given the model's size refuses a partition built with another size."""
+    config = RagStoreConfig(path=tmp_path / "q")
+    store = VectorStore.open(config, dimension=4)
+    try:
+        await store.ensure_partition("kb", "t")
+        await store.write_document("kb", "t", "d", [[1.0, 0, 0, 0]], [{"chunk": 0}], {"content_hash": "h"}, 0)
+    finally:
+        await store.close()
+    reader = VectorStore.open(config)
+    try:
+        assert [m.doc_id for m in await reader.manifests("kb", "t")] == ["d"]
+        with pytest.raises(StoreError, match="opened without a vector size"):
+            await reader.ensure_partition("kb", "t")
+        with pytest.raises(StoreError, match=r"holds vectors of 4 dimensions but the embedding model makes 384"):
+            await reader.sized(384).ensure_partition("kb", "t")
+        await reader.sized(4).ensure_partition("kb", "t")  # the size that built it
+        assert await reader.delete_document("kb", "t", "d")
+        assert await reader.drop_partition("kb", "t")
+    finally:
+        await reader.close()
