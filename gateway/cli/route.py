@@ -18,7 +18,9 @@ app = typer.Typer(no_args_is_help=True, help="See how requests are routed, witho
 @app.command("explain")
 def route_explain(
     config: ConfigOption,
-    request_file: Annotated[Path, typer.Argument(help="A chat completion request body (JSON); - for stdin.")],
+    request_file: Annotated[
+        Path, typer.Argument(help="A chat completion or Responses request body (JSON); - for stdin.")
+    ],
     header: Annotated[
         list[str] | None, typer.Option("--header", "-H", help="A request header as 'name: value' (repeatable).")
     ] = None,
@@ -33,6 +35,7 @@ def route_explain(
     from gateway.embeddings import Embedder
     from gateway.errors import TurnoutError
     from gateway.metrics import Metrics
+    from gateway.protocol.requests import endpoint_of
     from gateway.routing_state import build_routing_table, policies_use_intents
 
     settings = load_or_exit(config)
@@ -55,7 +58,7 @@ def route_explain(
             table = await build_routing_table(settings, embedder)
             nothing_served = Accounting(Metrics(), PriceBook(settings.costs, []), TokenCounter(None))
             service = CompletionService(table, {}, embedder, nothing_served)
-            return await service.explain("chat", raw, RequestContext(request_id, tenant, headers))
+            return await service.explain(endpoint_of(raw), raw, RequestContext(request_id, tenant, headers))
         finally:
             if embedder is not None:
                 embedder.close()
