@@ -17,6 +17,7 @@ May import: ``gateway.errors`` only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -61,9 +62,12 @@ def _says_connection_error(exc: BaseException) -> bool:
     return "Connection error" in _detail(exc)
 
 
+_NO_SUCH_PATH = re.compile(r'\{"detail":\s*"Not Found"\}')
+
+
 def _says_no_such_path(exc: BaseException) -> bool:
     # litellm relays the server's body: FastAPI's own 404 for a path it does not serve
-    return '{"detail":"Not Found"}' in _detail(exc).replace(" ", "")
+    return _NO_SUCH_PATH.search(_detail(exc)) is not None
 
 
 _UNAVAILABLE, _TIMEOUT, _ERROR = _plain(UpstreamUnavailable), _plain(UpstreamTimeout), _plain(UpstreamError)

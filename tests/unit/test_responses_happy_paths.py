@@ -218,3 +218,26 @@ async def test_explain_takes_a_responses_body(gateway: Gateway) -> None:
     refused = await gateway.http.post("/v1/route/explain", json={"model": "shaped", "input": [{"role": "wizard"}]})
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "input.0.role"
+
+
+async def test_metrics_add_up_to_what_the_clients_were_told(gateway: Gateway) -> None:
+    before = await gateway.scrape()
+    raw = await gateway.openai.responses.with_raw_response.create(model="formal", input="hi", max_output_tokens=8)
+    told = float(raw.headers["x-turnout-cost-usd"])
+    stream = await gateway.openai.responses.create(model="formal", input="hi", max_output_tokens=8, stream=True)
+    completed = [event async for event in stream][-1]
+    assert completed.type == "response.completed"
+    told += (completed.response.model_extra or {})["turnout"]["cost_usd"]
+    labels = {"endpoint": "responses", "policy": "formal", "target": "adapter:formal", "status": "200"}
+    after = await gateway.grown(before, "turnout_requests_total", 2, **labels)
+
+    def gained(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    assert gained("turnout_cost_dollars_total", policy="formal") == pytest.approx(told, rel=1e-9)
+    assert gained("turnout_tokens_total", policy="formal", direction="prompt") == 2 * 12
+    assert gained("turnout_tokens_total", policy="formal", direction="completion") == 2 * CHUNKS
+    assert gained("turnout_time_to_first_token_seconds_count", policy="formal") == 1  # the stream's
+    assert gained("turnout_request_duration_seconds_count", policy="formal", stream="true") == 1
+    assert gained("turnout_usage_estimated_total") == 0
+    assert gained("turnout_in_flight_requests") == 0
