@@ -17,6 +17,7 @@ import orjson
 
 from gateway.protocol import responses, sse
 from gateway.protocol.requests import Endpoint
+from gateway.protocol.usage import Usage
 
 
 class StaticAnswer:
@@ -42,7 +43,7 @@ class StaticAnswer:
 def written_answer(endpoint: Endpoint, model: str, text: str, stream: bool) -> StaticAnswer:
     """A complete OpenAI response with ``text`` as the assistant's answer."""
     if endpoint == "responses":
-        usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        usage = Usage(0, 0).as_responses()
         if stream:
             return StaticAnswer(responses.written_events(model, text, usage), "text/event-stream")
         return StaticAnswer(orjson.dumps(responses.written(model, text, usage)), "application/json")

@@ -32,7 +32,7 @@ class Usage:
         """The figures in the Responses API's shape."""
         return {
             "input_tokens": self.prompt,
-            "input_tokens_details": {"cached_tokens": self.cached},
+            "input_tokens_details": {"cached_tokens": self.cached, "cache_write_tokens": 0},
             "output_tokens": self.completion,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": self.total,
