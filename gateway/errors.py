@@ -9,6 +9,7 @@ while the client sees a clear, bounded message and never a traceback.
     +-- InvalidRequest                400 invalid_request_error  (malformed JSON, schema errors)
     |   +-- InvalidAdapter            400 invalid_request_error  (adapter files fail validation)
     |   +-- ConfigRejected            400 invalid_request_error  (a reload found the new file invalid)
+    |   +-- UnsupportedEndpoint       400 invalid_request_error  (the target does not serve this endpoint)
     +-- Unauthenticated               401 invalid_request_error  code invalid_api_key
     +-- PermissionDenied              403 invalid_request_error  code permission_denied
     +-- RequestTooLarge               413 invalid_request_error
@@ -29,8 +30,8 @@ Library exceptions and upstream statuses are mapped to these classes in one tabl
 :mod:`gateway.failures`; the envelope is written by :meth:`TurnoutError.body` alone.
 
 Errors whose class says ``falls_back`` (upstream failures except ``UpstreamRejected``, an invalid
-adapter, exhausted adapter capacity) let the dispatcher try the decision's next fallback target, as
-long as nothing has been sent to the client yet.
+adapter, a target that does not serve the endpoint, exhausted adapter capacity) let the dispatcher try
+the decision's next fallback target, as long as nothing has been sent to the client yet.
 """
 
 from __future__ import annotations
@@ -102,6 +103,15 @@ class InvalidAdapter(InvalidRequest):
 
 class ConfigRejected(InvalidRequest):
     default_code = "invalid_config"
+
+
+class UnsupportedEndpoint(InvalidRequest):
+    """The chosen target cannot serve this endpoint at all (a server without the Responses API): the
+    request is fine, so another target in the chain may take it; when none does, the client learns which
+    target and which endpoint, not a server error."""
+
+    default_code = "unsupported_endpoint"
+    falls_back = True
 
 
 class Unauthenticated(TurnoutError):

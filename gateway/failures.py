@@ -17,6 +17,7 @@ May import: ``gateway.errors`` only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -24,6 +25,7 @@ from enum import Enum
 from gateway.errors import (
     RetrievalUnavailable,
     TurnoutError,
+    UnsupportedEndpoint,
     UpstreamError,
     UpstreamModelMissing,
     UpstreamRejected,
@@ -60,10 +62,18 @@ def _says_connection_error(exc: BaseException) -> bool:
     return "Connection error" in _detail(exc)
 
 
+_NO_SUCH_PATH = re.compile(r'\{"detail":\s*"Not Found"\}')
+
+
+def _says_no_such_path(exc: BaseException) -> bool:
+    # litellm relays the server's body: FastAPI's own 404 for a path it does not serve
+    return _NO_SUCH_PATH.search(_detail(exc)) is not None
+
+
 _UNAVAILABLE, _TIMEOUT, _ERROR = _plain(UpstreamUnavailable), _plain(UpstreamTimeout), _plain(UpstreamError)
 _OPENAI_UNAVAILABLE = _Rule(_UNAVAILABLE, "OpenAI is unreachable or overloaded: {detail}")
 
-_RULES: dict[Boundary, dict[str, _Rule]] = {
+_RULES: dict[Boundary, dict[str, _Rule | tuple[_Rule, ...]]] = {
     Boundary.SEND: {
         "aiohttp.ServerDisconnectedError": _Rule(_UNAVAILABLE, "{subject} closed the connection"),
         "aiohttp.ClientConnectorError": _Rule(_UNAVAILABLE, "cannot connect to {subject}"),
@@ -87,7 +97,10 @@ _RULES: dict[Boundary, dict[str, _Rule]] = {
         "litellm.APIConnectionError": _OPENAI_UNAVAILABLE,
         "litellm.ServiceUnavailableError": _OPENAI_UNAVAILABLE,
         "litellm.RateLimitError": _OPENAI_UNAVAILABLE,
-        "litellm.NotFoundError": _Rule(_plain(UpstreamModelMissing), "OpenAI does not serve model {subject}: {detail}"),
+        "litellm.NotFoundError": (  # tried in order
+            _Rule(_plain(UnsupportedEndpoint), "openai.api_base has no such endpoint", when=_says_no_such_path),
+            _Rule(_plain(UpstreamModelMissing), "OpenAI does not serve model {subject}: {detail}"),
+        ),
         "litellm.AuthenticationError": _Rule(_ERROR, "OpenAI refused the gateway's key: {detail}"),
         "litellm.PermissionDeniedError": _Rule(_ERROR, "OpenAI refused the gateway's key: {detail}"),
         "litellm.BadRequestError": _Rule(_rejected, "{detail}"),
@@ -117,15 +130,33 @@ def translate(exc: BaseException, boundary: Boundary, subject: str) -> TurnoutEr
     if isinstance(exc, TurnoutError):
         return exc
     classes = {_key(cls) for cls in type(exc).__mro__}
-    for name, rule in _RULES[boundary].items():
-        if name in classes and (rule.when is None or rule.when(exc)):
-            message = rule.template.format(subject=subject, cls=type(exc).__name__, detail=_detail(exc))
-            return rule.make(message, exc)
+    for name, rules in _RULES[boundary].items():
+        if name not in classes:
+            continue
+        for rule in rules if isinstance(rules, tuple) else (rules,):
+            if rule.when is None or rule.when(exc):
+                message = rule.template.format(subject=subject, cls=type(exc).__name__, detail=_detail(exc))
+                return rule.make(message, exc)
     return TurnoutError(f"{subject}: unexpected {type(exc).__name__}")
 
 
-def for_status(status: int, message: str, param: str | None, *, subject: str, model: str) -> UpstreamError:
-    """The gateway's error for an OpenAI-compatible server's non-2xx answer (its own ``message``)."""
+def for_status(
+    status: int,
+    message: str,
+    param: str | None,
+    *,
+    subject: str,
+    model: str,
+    path: str = "",
+    no_such_path: bool = False,
+) -> TurnoutError:
+    """The gateway's error for an OpenAI-compatible server's non-2xx answer (its own ``message``).
+
+    ``no_such_path``: the body was the web framework's own 404 or 405, not an OpenAI envelope. Then, like a
+    501, the server does not serve ``path`` at all (an older vLLM without the Responses API): another target
+    may, so it falls back, and the client is told which endpoint, never a server error."""
+    if no_such_path or status == 501:
+        return UnsupportedEndpoint(f"{subject} does not serve POST {path} (it answered {status}: {message})")
     if status in (401, 403):
         # the server refused the gateway's own credentials: not the client's fault, and another target may work
         return UpstreamError(f"{subject} refused the gateway's credentials ({status}); check vllm.api_key")

@@ -1,6 +1,7 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions``: the hot path, as plain Starlette routes.
+"""``POST /v1/chat/completions``, ``POST /v1/completions`` and ``POST /v1/responses``: the hot path, as plain
+Starlette routes (one per entry of :data:`gateway.protocol.requests.PATHS`).
 
-These two endpoints are what the gateway exists for, and every microsecond spent on them is added to
+These endpoints are what the gateway exists for, and every microsecond spent on them is added to
 every request. They are ASGI endpoints in a plain Starlette ``Router`` in front of the FastAPI app, which
 serves every other path (:func:`gateway.app.create_asgi_app`). Starlette routes rather than a hand-written
 path dispatcher, and in front of FastAPI rather than inside it, because that is what measured at the

@@ -26,7 +26,6 @@ from gateway.accounting.ledger import CLIENT_LEFT, SHUT_DOWN
 from gateway.api.pipeline import report
 from gateway.dispatch.delivery import Completion, Delivery
 from gateway.errors import TurnoutError
-from gateway.protocol import sse
 
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -48,14 +47,14 @@ async def respond(completion: Completion, scope: Scope, receive: Receive, send: 
             delivered = True
             return
         await send(_start(opened, list(_STREAM_HEADERS)))
-        done, clock = sse.DONE, time.perf_counter
+        last, clock = opened.last_events, time.perf_counter
         async with aclosing(opened.events()) as events:  # closed here, whatever stops the loop
             async for event in events:
                 writing = clock()
                 await send({"type": "http.response.body", "body": event, "more_body": True})
                 ledger.waited_elsewhere(clock() - writing)  # a slow reader's pace is not the gateway's work
-                if event.startswith(done):
-                    delivered = True  # the client may hang up as soon as it has read [DONE]
+                if event.startswith(last):
+                    delivered = True  # the client may hang up as soon as it has read [DONE] (or its like)
         delivered = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if opened.error is not None:

@@ -19,7 +19,10 @@ app = group("See how requests are routed, without serving them.")
 def route_explain(
     config: ConfigOption,
     request_file: Annotated[
-        Path, typer.Argument(metavar="REQUEST", help="A chat completion request body (JSON); - reads it from stdin.")
+        Path,
+        typer.Argument(
+            metavar="REQUEST", help="A chat completion or Responses request body (JSON); - reads it from stdin."
+        ),
     ],
     header: Annotated[
         list[str] | None,
@@ -51,6 +54,7 @@ def route_explain(
     from gateway.embeddings import Embedder, EmbedderError
     from gateway.errors import TurnoutError
     from gateway.metrics import Metrics
+    from gateway.protocol.requests import endpoint_of
     from gateway.routing_state import build_routing_table, policies_use_intents
 
     settings = load_or_exit(config)
@@ -73,7 +77,7 @@ def route_explain(
             table = await build_routing_table(settings, embedder)
             nothing_served = Accounting(Metrics(), PriceBook(settings.costs, []), TokenCounter(None))
             service = CompletionService(table, {}, embedder, nothing_served)
-            return await service.explain("chat", raw, RequestContext(request_id, tenant, headers))
+            return await service.explain(endpoint_of(raw), raw, RequestContext(request_id, tenant, headers))
         finally:
             if embedder is not None:
                 embedder.close()

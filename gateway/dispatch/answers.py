@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
-from gateway.protocol import sse
+from gateway.protocol import responses, sse
 from gateway.protocol.requests import Endpoint
+from gateway.protocol.usage import Usage
 
 
 class StaticAnswer:
@@ -41,6 +42,11 @@ class StaticAnswer:
 
 def written_answer(endpoint: Endpoint, model: str, text: str, stream: bool) -> StaticAnswer:
     """A complete OpenAI response with ``text`` as the assistant's answer."""
+    if endpoint == "responses":
+        usage = Usage(0, 0).as_responses()
+        if stream:
+            return StaticAnswer(responses.written_events(model, text, usage), "text/event-stream")
+        return StaticAnswer(orjson.dumps(responses.written(model, text, usage)), "application/json")
     ident = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -77,14 +83,15 @@ def written_answer(endpoint: Endpoint, model: str, text: str, stream: bool) -> S
 
 
 def with_citations(content: bytes, endpoint: Endpoint, citations: list[dict[str, Any]]) -> bytes:
-    """A non-streaming JSON answer with ``citations`` on its message (or completion choice)."""
+    """A non-streaming JSON answer with ``citations`` on its message (or completion choice), and at the top
+    level (a Responses answer: there only, beside ``output``)."""
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
         return content
     if not isinstance(body, dict):
         return content
-    for choice in body.get("choices") or []:
+    for choice in body.get("choices") or []:  # (a Responses answer has none)
         if isinstance(choice, dict):
             holder = choice.get("message") if endpoint == "chat" else choice
             if isinstance(holder, dict):

@@ -16,7 +16,9 @@ from gateway.accounting.ledger import Ledger, dollars
 from gateway.dispatch.answers import with_citations
 from gateway.dispatch.backend import Opened
 from gateway.dispatch.events import accounted_events
+from gateway.dispatch.response_events import accounted_response_events
 from gateway.errors import TurnoutError
+from gateway.protocol import responses, sse
 from gateway.protocol.requests import Endpoint
 from gateway.protocol.usage import usage_of_body
 
@@ -49,9 +51,11 @@ class Delivery:
     """An opened answer: ``status``, ``content_type`` and ``headers`` for the response, then its bytes.
 
     ``status`` is the request's status as the metrics see it: a stream that fails after its first byte
-    keeps the 200 it was sent with, but is recorded with its error's status (``error``)."""
+    keeps the 200 it was sent with, but is recorded with its error's status (``error``). ``last_events``
+    are the starts of the events after which a stream's client has its whole answer (``data: [DONE]``; a
+    Responses stream's terminal events), and may hang up."""
 
-    __slots__ = ("_endpoint", "_ledger", "_opened", "_status", "content_type", "headers")
+    __slots__ = ("_endpoint", "_ledger", "_opened", "_status", "content_type", "headers", "last_events")
 
     def __init__(self, opened: Opened, headers: dict[str, str], ledger: Ledger, stream: bool) -> None:
         self._opened = opened
@@ -60,6 +64,7 @@ class Delivery:
         self.headers = headers
         self._status = opened.response.status
         self.content_type = opened.response.content_type
+        self.last_events = responses.TERMINAL_EVENTS if self._endpoint == "responses" else (sse.DONE,)
         if stream:  # a stream's headers leave now: what the gateway took so far is its overhead
             headers["x-turnout-overhead-ms"] = _milliseconds(ledger.overhead_s())
 
@@ -98,7 +103,10 @@ class Delivery:
     def events(self) -> AsyncGenerator[bytes, None]:
         """A stream's events as they arrive, accounted (see :mod:`gateway.dispatch.events`); a failure
         after the first byte ends it with an error event, and is kept in ``error``."""
-        return accounted_events(self._opened.response.chunks(), self._ledger, self._opened.citations)
+        opened = self._opened
+        if self._endpoint == "responses":
+            return accounted_response_events(opened.response.chunks(), self._ledger, opened.citations)
+        return accounted_events(opened.response.chunks(), self._ledger, opened.citations)
 
     def close(self) -> None:
         """Release what the backend holds for the answer (the connection, an adapter lease); once."""

@@ -4,6 +4,12 @@ litellm is imported on first use only (it takes seconds to import), with its pri
 copy it ships (never fetched at run time). Unlike the vLLM path, the answer is re-serialised from
 litellm's objects, so a stream is re-framed as OpenAI SSE events; the first chunk is awaited before
 the answer is handed back, so a failure before the first byte can still fall back.
+
+Responses API requests go through litellm's own Responses support (``litellm.aresponses``), which calls
+the server's ``/responses``: OpenAI's, or any server under ``openai.api_base`` that has one (vLLM does).
+Its events are re-framed as named SSE events. litellm rewrites the response id (it encodes where the
+response came from) and raises ``max_output_tokens`` below 16 to 16, OpenAI's minimum; the ``cost`` it
+adds to ``usage`` is dropped (the gateway prices the request itself).
 """
 
 from __future__ import annotations
@@ -13,16 +19,38 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.config.model import OpenAIConfig
 from gateway.dispatch.answers import StaticAnswer
 from gateway.dispatch.backend import Call, Opened
 from gateway.dispatch.shaping import shape_data
-from gateway.errors import TurnoutError, UpstreamError
+from gateway.errors import TurnoutError, UnsupportedEndpoint, UpstreamError
 from gateway.failures import Boundary, translate
-from gateway.protocol import sse
+from gateway.protocol import responses, sse
 from routing import Target
 
 _NOT_FORWARDED = {"model", "messages", "prompt", "stream", "metadata", "user"}
+# What ``litellm.aresponses`` takes by name; every other field of the request goes in ``extra_body``.
+_RESPONSES_NAMED = {
+    "include",
+    "instructions",
+    "max_output_tokens",
+    "prompt",
+    "metadata",
+    "parallel_tool_calls",
+    "reasoning",
+    "store",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_p",
+    "truncation",
+    "user",
+    "service_tier",
+    "safety_identifier",
+}
 
 
 class LiteLLMStream:
@@ -51,6 +79,30 @@ class LiteLLMStream:
 
 def _event(chunk: Any) -> bytes:
     return sse.event(str(chunk.model_dump_json(exclude_none=True)).encode())
+
+
+class LiteLLMResponseStream(LiteLLMStream):
+    """A litellm Responses stream as named SSE events (first event already received); no ``[DONE]``."""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield _response_event(self._first)
+        async for chunk in self._rest:
+            yield _response_event(chunk)
+
+
+def _dumped(value: Any) -> dict[str, Any]:
+    """A litellm Responses object as the JSON OpenAI writes, without the ``cost`` litellm adds to usage."""
+    body: dict[str, Any] = value.model_dump(mode="json", exclude_none=True, warnings=False)
+    response = body.get("response", body)
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if isinstance(usage, dict):
+        usage.pop("cost", None)
+    return body
+
+
+def _response_event(chunk: Any) -> bytes:
+    body = _dumped(chunk)
+    return responses.event(str(body.get("type") or getattr(chunk, "type", "message")), body)
 
 
 class OpenAIBackend:
@@ -89,6 +141,8 @@ class OpenAIBackend:
         return os.environ.get("OPENAI_API_KEY", "")
 
     async def open(self, target: Target, call: Call) -> Opened:
+        if call.endpoint == "responses":
+            return await self._open_responses(target, call)
         litellm = self._litellm()
         data = shape_data(call.data, call.endpoint, target, target.name)
         stream = bool(data.get("stream"))
@@ -122,3 +176,40 @@ class OpenAIBackend:
         except Exception as exc:  # litellm raises its own tree: see gateway.failures for what each kind means
             raise translate(exc, Boundary.OPENAI, repr(target.name)) from exc
         return Opened(LiteLLMStream(first, iterator))
+
+    def _common(self, target: Target, stream: bool) -> dict[str, Any]:
+        return {
+            "model": target.name,
+            "custom_llm_provider": "openai",
+            "api_base": self.config.api_base,
+            "api_key": self.api_key() or "none",
+            "timeout": self.config.timeout_s,
+            "num_retries": 0,
+            "stream": stream,
+        }
+
+    async def _open_responses(self, target: Target, call: Call) -> Opened:
+        litellm = self._litellm()
+        create = getattr(litellm, "aresponses", None)
+        if create is None:
+            raise UnsupportedEndpoint("the installed litellm has no Responses API support (1.63 and later have)")
+        data = shape_data(call.data, call.endpoint, target, target.name)
+        stream = bool(data.get("stream"))
+        named = {k: v for k, v in data.items() if k in _RESPONSES_NAMED}
+        extra = {k: v for k, v in data.items() if k not in _RESPONSES_NAMED and k not in ("model", "input", "stream")}
+        call.ledger.added_to_prompt(target.system_prompt)
+        try:
+            with call.ledger.sending():
+                response = await create(
+                    input=data["input"], extra_body=extra or None, **named, **self._common(target, stream)
+                )
+                if not stream:
+                    answer = StaticAnswer(orjson.dumps(_dumped(response)), "application/json")
+                    return Opened(answer)
+                iterator = aiter(response)
+                first = await anext(iterator)
+        except TurnoutError:
+            raise
+        except Exception as exc:  # litellm raises its own tree: see gateway.failures for what each kind means
+            raise translate(exc, Boundary.OPENAI, repr(target.name)) from exc
+        return Opened(LiteLLMResponseStream(first, iterator))

@@ -24,7 +24,7 @@ from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
 from gateway.dispatch.delivery import Completion
 from gateway.dispatch.shaping import request_features
 from gateway.embeddings import Embedder
-from gateway.errors import ModelNotFound, RetrievalUnavailable, TurnoutError
+from gateway.errors import ModelNotFound, RetrievalUnavailable, TurnoutError, UnsupportedEndpoint
 from gateway.protocol.requests import Endpoint, parse_request
 from routing import Decision, RequestFeatures, RoutingTable, TargetKind, decide, explain
 
@@ -186,7 +186,8 @@ class CompletionService:
                 failed.append(target.label)  # a fallback with nothing to say: try the next one
                 self.metrics.fallbacks.labels(call.features.model, target.label, "empty_retrieval").inc()
                 continue
-            except TurnoutError as exc:
+            except TurnoutError as raised:
+                exc = _naming(raised, target.label, call.path)
                 if isinstance(exc, RetrievalUnavailable):
                     headers["x-turnout-degraded"] = "retrieval"
                 if exc.falls_back and position + 1 < len(chain):
@@ -201,6 +202,8 @@ class CompletionService:
                     failed.append(target.label + ("(retrieval)" if isinstance(exc, RetrievalUnavailable) else ""))
                     continue
                 exc.add_headers(headers)
+                if exc is not raised:
+                    raise exc from raised
                 raise
             call.ledger.answer_opened()
             headers.update(opened.headers)
@@ -208,6 +211,14 @@ class CompletionService:
                 headers["x-turnout-degraded"] = "retrieval"
             return opened, headers
         raise AssertionError("a decision always has at least one target")  # pragma: no cover
+
+
+def _naming(exc: TurnoutError, label: str, path: str) -> TurnoutError:
+    """A target that does not serve the endpoint at all is named in the error, with the endpoint: the
+    client's request was fine, the route was not."""
+    if isinstance(exc, UnsupportedEndpoint):
+        return UnsupportedEndpoint(f"{label} cannot serve POST {path}: {exc.message}")
+    return exc
 
 
 __all__ = ["CompletionService", "RequestContext", "Routed"]

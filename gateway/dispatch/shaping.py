@@ -2,7 +2,9 @@
 
 Shaping rewrites only what the target asks for: the model name the backend knows, the target's system
 prompt, and its caps on sampling parameters. A body that needs none of these is forwarded as the
-client's own bytes.
+client's own bytes. A Responses request gets the system prompt in front of its ``instructions`` (its
+system message) and the ``max_tokens`` cap on ``max_output_tokens``; its streams always end with usage,
+so nothing is asked for them.
 """
 
 from __future__ import annotations
@@ -15,24 +17,31 @@ import orjson
 
 from gateway.protocol.requests import (
     CHARS_PER_TOKEN,
+    AnyRequest,
     ChatCompletionRequest,
     CompletionRequest,
     Endpoint,
-    Request,
     asks_usage,
     last_user_text,
 )
+from gateway.protocol.responses import ResponsesRequest, input_texts, user_texts
 from routing import RequestFeatures, Target
 
 CONVERSATION_HEADER = "x-turnout-conversation"
 
 
 def request_features(
-    request: Request, request_id: str, tenant: str | None, headers: Mapping[str, str], *, conversation: bool = True
+    request: AnyRequest, request_id: str, tenant: str | None, headers: Mapping[str, str], *, conversation: bool = True
 ) -> RequestFeatures:
     """What routing sees of ``request``; ``conversation`` False skips working out the conversation (a hash of
     the first user message) when no split of the policy keys on it."""
-    if isinstance(request, ChatCompletionRequest):
+    first_user: str | list[Any] | None
+    if isinstance(request, ResponsesRequest):
+        texts, count = input_texts({"instructions": request.instructions, "input": request.input})
+        chars = sum(len(text) for text in texts)
+        users = user_texts(request)
+        first_user = users[0] if users else None
+    elif isinstance(request, ChatCompletionRequest):
         chars = sum(len(m.content) if isinstance(m.content, str) else 64 for m in request.messages)
         count = len(request.messages)
         first_user = next((m.content for m in request.messages if m.role == "user"), None)
@@ -70,7 +79,7 @@ def shape_body(raw: bytes, data: dict[str, Any], endpoint: Endpoint, target: Tar
         data.get("model") == upstream_model
         and target.system_prompt is None
         and not target.caps
-        and (not data.get("stream") or asks_usage(data))
+        and (endpoint == "responses" or not data.get("stream") or asks_usage(data))
     ):
         return raw
     return orjson.dumps(shape_data(data, endpoint, target, upstream_model))
@@ -80,6 +89,8 @@ def shape_data(data: dict[str, Any], endpoint: Endpoint, target: Target, upstrea
     """A copy of the request body shaped for ``target`` (the client's own dict is never changed)."""
     caps = target.caps
     body = {**data, "model": upstream_model}
+    if endpoint == "responses":
+        return _shape_responses(body, target)
     if body.get("stream") and not asks_usage(body):
         # Every stream is costed from the upstream's own usage figures; the client sees them only if it
         # asked (gateway.dispatch.events drops them otherwise).
@@ -94,12 +105,29 @@ def shape_data(data: dict[str, Any], endpoint: Endpoint, target: Target, upstrea
             given = body.get(key)
             if key == "max_tokens" or key in body:
                 body[key] = min(given, caps.max_tokens) if isinstance(given, int) else caps.max_tokens
+    _cap_sampling(body, target)
+    return body
+
+
+def _shape_responses(body: dict[str, Any], target: Target) -> dict[str, Any]:
+    prompt, caps = target.system_prompt, target.caps
+    if prompt is not None:
+        given = body.get("instructions")
+        body["instructions"] = f"{prompt}\n\n{given}" if isinstance(given, str) and given else prompt
+    if caps.max_tokens is not None:
+        given = body.get("max_output_tokens")
+        body["max_output_tokens"] = min(given, caps.max_tokens) if isinstance(given, int) else caps.max_tokens
+    _cap_sampling(body, target)
+    return body
+
+
+def _cap_sampling(body: dict[str, Any], target: Target) -> None:
+    caps = target.caps
     for key, cap in (("temperature", caps.temperature), ("top_p", caps.top_p)):
         if cap is not None:
             given = body.get(key)
             # absent means the backend's default of 1.0, which the cap also bounds
             body[key] = min(given if isinstance(given, int | float) else 1.0, cap)
-    return body
 
 
 def _add_system_prompt(body: dict[str, Any], endpoint: Endpoint, prompt: str) -> None:

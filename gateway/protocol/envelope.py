@@ -24,4 +24,14 @@ def error_message(raw: bytes) -> tuple[str, str | None]:
     return "no details", None
 
 
-__all__ = ["error_message"]
+def is_route_miss(raw: bytes) -> bool:
+    """Whether an error body is a web framework's own "no such path" (FastAPI's ``{"detail": "Not Found"}``),
+    not an OpenAI envelope: the server has no such endpoint, rather than no such model."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "detail" in data and "error" not in data
+
+
+__all__ = ["error_message", "is_route_miss"]

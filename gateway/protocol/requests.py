@@ -1,8 +1,9 @@
-"""The OpenAI completion requests: their endpoints, the shapes the gateway checks before routing.
+"""The OpenAI requests the gateway serves: their endpoints, the shapes it checks before routing.
 
-Only what the gateway itself relies on is checked (``model``, ``messages``/``prompt``, ``stream``,
-``stream_options``, ``user``, ``metadata``); every other field is passed to the backend untouched,
-so new OpenAI parameters work without a gateway release and the backend judges their values.
+Only what the gateway itself relies on is checked (``model``, ``messages``/``prompt``/``input``,
+``stream``, ``stream_options``, ``user``, ``metadata``); every other field is passed to the backend
+untouched, so new OpenAI parameters work without a gateway release and the backend judges their values.
+The Responses API's own rules are in :mod:`gateway.protocol.responses`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
 from gateway.errors import InvalidRequest
+from gateway.protocol.responses import ResponsesRequest, check_request, user_texts
 
-Endpoint = Literal["chat", "completions"]
+Endpoint = Literal["chat", "completions", "responses"]
 # The one table of completion paths: the gateway serves them and sends them on under the same path.
-PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+PATHS: dict[Endpoint, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "responses": "/v1/responses",
+}
 ENDPOINTS: dict[str, Endpoint] = {path: endpoint for endpoint, path in PATHS.items()}
 
 # The rule of thumb for text no tokenizer has counted: about 4 characters of English per token.
@@ -53,10 +59,15 @@ class CompletionRequest(Request):
     prompt: StrictStr | list[StrictStr] | list[int] | list[list[int]]
 
 
-_MODELS: dict[Endpoint, type[Request]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+AnyRequest = Request | ResponsesRequest
+_MODELS: dict[Endpoint, type[AnyRequest]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+    "responses": ResponsesRequest,
+}
 
 
-def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], Request]:
+def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], AnyRequest]:
     """The body as a dict (to forward) and as a checked model; :class:`InvalidRequest` when malformed."""
     if not raw.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
@@ -74,7 +85,19 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], Reque
         count = exc.error_count()
         more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
         raise InvalidRequest(f"{param or 'body'}: {first['msg']}{more}", param=param) from None
+    if isinstance(request, ResponsesRequest):
+        check_request(request, data)
     return data, request
+
+
+def endpoint_of(raw: bytes) -> Endpoint:
+    """Which request a body is, for the endpoints that take either (``/v1/route/explain``): a Responses
+    request when it has ``input`` and no ``messages``, else a chat request."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "chat"  # refused as malformed by the chat parser, with its message
+    return "responses" if isinstance(data, dict) and "input" in data and "messages" not in data else "chat"
 
 
 # How pydantic names the branch of a union a value failed in (``str``, ``list[int]``): not a field of the body.
@@ -95,8 +118,11 @@ def asks_usage(data: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def last_user_text(request: Request) -> str:
+def last_user_text(request: AnyRequest) -> str:
     """The text routing matches against: the last user message, or the prompt."""
+    if isinstance(request, ResponsesRequest):
+        users = user_texts(request)
+        return users[-1] if users else ""
     if isinstance(request, ChatCompletionRequest):
         for message in reversed(request.messages):
             if message.role == "user":

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.protocol import sse
+from gateway.protocol import responses, sse
 from gateway.protocol.requests import Endpoint
 
 PER_MESSAGE = 4  # role and separators a chat template adds around each message (OpenAI's rule of thumb)
@@ -28,20 +28,33 @@ class Usage:
     def as_openai(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt, "completion_tokens": self.completion, "total_tokens": self.total}
 
+    def as_responses(self) -> dict[str, Any]:
+        """The figures in the Responses API's shape."""
+        return {
+            "input_tokens": self.prompt,
+            "input_tokens_details": {"cached_tokens": self.cached, "cache_write_tokens": 0},
+            "output_tokens": self.completion,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.total,
+        }
+
     @property
     def total(self) -> int:
         return self.prompt + self.completion
 
 
 def usage_of(body: Any) -> Usage | None:
-    """The ``usage`` object of a parsed response or chunk, if it has a valid one."""
+    """The ``usage`` object of a parsed response or chunk, if it has a valid one: completions'
+    ``prompt_tokens``/``completion_tokens``, or the Responses API's ``input_tokens``/``output_tokens``."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    responses_shape = "input_tokens" in usage
+    prompt = usage.get("input_tokens" if responses_shape else "prompt_tokens")
+    completion = usage.get("output_tokens" if responses_shape else "completion_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    details = usage.get("prompt_tokens_details")
+    details = usage.get("input_tokens_details" if responses_shape else "prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
 
@@ -55,6 +68,9 @@ def usage_of_body(body: bytes) -> Usage | None:
 
 def prompt_texts(endpoint: Endpoint, data: dict[str, Any]) -> tuple[list[str], int]:
     """The texts of a request's prompt, and the tokens its framing adds (per chat message)."""
+    if endpoint == "responses":
+        said, items = responses.input_texts(data)
+        return said, PER_MESSAGE * items + 3
     if endpoint == "chat":
         texts: list[str] = []
         messages = data.get("messages") or []
@@ -77,6 +93,8 @@ def prompt_texts(endpoint: Endpoint, data: dict[str, Any]) -> tuple[list[str], i
 
 def generated_texts(endpoint: Endpoint, events: Iterable[bytes]) -> list[str]:
     """The text in SSE ``data:`` events (stream deltas) or in one whole JSON answer."""
+    if endpoint == "responses":
+        return responses.generated_texts(events)
     texts: list[str] = []
     for event in events:
         body = sse.parsed(event)

@@ -21,9 +21,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.errors import UpstreamError
+from gateway.errors import TurnoutError
 from gateway.failures import Boundary, for_status, translate
-from gateway.protocol.envelope import error_message
+from gateway.protocol.envelope import error_message, is_route_miss
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -104,7 +104,7 @@ class Upstream:
         response = await self._send("POST", path, body, self._timeout, headers)
         if response.status < 300:
             return UpstreamResponse(response)
-        raise await self._error_from(response, model)
+        raise await self._error_from(response, model, path)
 
     async def request(
         self, method: str, path: str, payload: Any = None, *, timeout_s: float | None = None
@@ -140,7 +140,7 @@ class Upstream:
                 raise translate(exc, Boundary.SEND, self._subject) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _error_from(self, response: aiohttp.ClientResponse, model: str) -> UpstreamError:
+    async def _error_from(self, response: aiohttp.ClientResponse, model: str, path: str) -> TurnoutError:
         try:
             raw = await asyncio.wait_for(response.content.read(_MAX_ERROR_BODY), self.settings.read_timeout_s)
         except (TimeoutError, aiohttp.ClientError):
@@ -148,4 +148,8 @@ class Upstream:
         finally:
             response.release()
         message, param = error_message(raw)
-        return for_status(response.status, message, param, subject=self.settings.name, model=model)
+        status = response.status
+        no_such_path = status in (404, 405) and is_route_miss(raw)
+        return for_status(
+            status, message, param, subject=self.settings.name, model=model, path=path, no_such_path=no_such_path
+        )

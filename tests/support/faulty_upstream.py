@@ -2,7 +2,9 @@
 
 The benchmark's upstream (``bench/overhead/upstream.py``) answers completions the way vLLM writes them;
 :class:`FaultyUpstream` wraps it, keeps vLLM's adapter semantics (load, unload, a 404 for an adapter it
-does not hold, ``/v1/models`` listing the loaded ones) and misbehaves by the request's ``model``. The
+does not hold, ``/v1/models`` listing the loaded ones), answers ``POST /v1/responses`` itself the way
+vLLM's Responses API does (:class:`ResponsesAnswers`; or, built with ``responses=False``, with the
+web framework's 404 of a server that has no such endpoint) and misbehaves by the request's ``model``. The
 gateway forwards an adapter's own name as ``model``, so each fault is an adapter named after it. Every
 completion request is recorded with what was answered, and tests await what the upstream saw through
 :meth:`FaultyUpstream.until` rather than by sleeping.
@@ -20,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # mypy checks bench/overhead as a directory of scripts, where this module is ``upstream``
-    from upstream import Message, Receive, Scope, Send, Upstream, read_body
+    from upstream import CONTENT_MARK, Message, Receive, Scope, Send, Upstream, read_body
 else:
-    from bench.overhead.upstream import Message, Receive, Scope, Send, Upstream, read_body
+    from bench.overhead.upstream import CONTENT_MARK, Message, Receive, Scope, Send, Upstream, read_body
 
 BASE = "house-base"  # the name the upstream serves its base model under (vllm.model)
 CHUNKS = 4  # content chunks per upstream stream
@@ -36,9 +38,11 @@ INBAND = "fail-inband"  # sends vLLM's in-band error event after the first strea
 SLOW = "slow"  # holds its answer (a stream: after the first events) until released or the client leaves
 SLOW_START = "slow-start"  # holds even a stream's headers until released or the client leaves
 LOAD_FAILS = "fail-load"  # vLLM cannot load this adapter (500 on load_lora_adapter)
+NO_USAGE = "no-usage"  # a Responses answer (and stream) whose usage is null
 _STATUS_FAULT = re.compile(r"^fail-(\d{3})$")  # fail-500, fail-400, fail-503, fail-429...
 
-_COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
+RESPONSES = "/v1/responses"
+_COMPLETIONS = ("/v1/chat/completions", "/v1/completions", RESPONSES)
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -92,9 +96,13 @@ def quiet_drops() -> Iterator[None]:
 class FaultyUpstream:
     """The bench upstream with vLLM's adapter bookkeeping, faults by model name, and a record of traffic."""
 
-    def __init__(self, base: str = BASE, chunks: int = CHUNKS) -> None:
+    def __init__(
+        self, base: str = BASE, chunks: int = CHUNKS, *, served: tuple[str, ...] = (), responses: bool = True
+    ) -> None:
         self.url = ""  # set while it is served
         self.base = base
+        self.served = {base, *served}  # names the base model answers to (--served-model-name)
+        self.responses = ResponsesAnswers(chunks) if responses else None
         self.inner = Upstream(base, chunks, 0.0)
         self.loaded: set[str] = set()
         self.requests: list[Seen] = []
@@ -209,7 +217,10 @@ class FaultyUpstream:
                 seen.sent += message.get("body", b"")
             await send(message)
 
-        if model != self.base and model not in self.loaded:
+        if scope["path"] == RESPONSES and self.responses is None:
+            await _respond(recording, 404, b'{"detail":"Not Found"}')  # an older vLLM: no such endpoint
+            return
+        if model not in self.served and model not in self.loaded:
             message = f"The model `{model}` does not exist."
             await _respond(recording, 404, _envelope(message, "NotFoundError", 404, param="model"))
             return
@@ -231,10 +242,14 @@ class FaultyUpstream:
         elif model == MIDSTREAM:
             forward = _cutting(recording, after=2 if seen.stream else 1)
         elif model == INBAND and seen.stream:
-            forward = _erring(recording, after=2)
+            forward = _erring(recording, after=2, responses=scope["path"] == RESPONSES)
         replay = _replaying(body, receive)
         with contextlib.suppress(_Stop):
-            await self.inner(scope, replay, forward)
+            if scope["path"] == RESPONSES:
+                assert self.responses is not None
+                await self.responses.answer(data, forward)
+            else:
+                await self.inner(scope, replay, forward)
 
     def _holding(self, seen: Seen, receive: Receive, send: Send, model: str, *, after: int, gated: bool) -> Send:
         """A ``send`` that forwards ``after`` messages, then waits for the gate or the client to leave."""
@@ -322,12 +337,17 @@ def _cutting(send: Send, *, after: int) -> Send:
     return cut
 
 
-def _erring(send: Send, *, after: int) -> Send:
+def _erring(send: Send, *, after: int, responses: bool = False) -> Send:
     count = 0
 
     async def err(message: Message) -> None:
         nonlocal count
         if count == after:
+            if responses:  # the Responses API's own error event, and no more
+                said = {"type": "error", "code": "server_error", "message": "the engine failed mid-generation"}
+                event = b"event: error\ndata: " + json.dumps({**said, "param": None, "sequence_number": 2}).encode()
+                await send({"type": "http.response.body", "body": event + b"\n\n", "more_body": False})
+                raise _Stop
             event = b"data: " + _envelope("the engine failed mid-generation", "InternalServerError", 500) + b"\n\n"
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -336,3 +356,80 @@ def _erring(send: Send, *, after: int) -> Send:
         await send(message)
 
     return err
+
+
+class ResponsesAnswers:
+    """``POST /v1/responses`` answered as vLLM's Responses API writes it: a whole response, or its named
+    events (created and in progress; the message and its part added; one delta per chunk; the text, part
+    and message done; completed, with usage), each group in one write so faults cut between them."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+
+    def texts(self) -> list[str]:
+        return [f"{CONTENT_MARK}-{i} " for i in range(self.chunks)]
+
+    def _response(self, data: dict[str, Any], status: str, output: list[Any], usage: Any) -> dict[str, Any]:
+        return {
+            "id": "resp_faulty",
+            "object": "response",
+            "created_at": 1700000000,
+            "model": data.get("model"),
+            "instructions": data.get("instructions"),
+            "max_output_tokens": data.get("max_output_tokens"),
+            "output": output,
+            "status": status,
+            "tools": [],
+            "tool_choice": "auto",
+            "parallel_tool_calls": True,
+            "usage": usage,
+        }
+
+    def _usage(self, model: str) -> dict[str, Any] | None:
+        if model == NO_USAGE:
+            return None
+        details = {"input_tokens_details": {"cached_tokens": 4}, "output_tokens_details": {"reasoning_tokens": 0}}
+        return {"input_tokens": 12, "output_tokens": self.chunks, "total_tokens": 12 + self.chunks, **details}
+
+    @staticmethod
+    def _message(text: str, status: str = "completed") -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if text:
+            content.append({"type": "output_text", "text": text, "annotations": [], "logprobs": None})
+        return {"id": "msg_faulty", "type": "message", "role": "assistant", "status": status, "content": content}
+
+    async def answer(self, data: dict[str, Any], send: Send) -> None:
+        model, text = str(data.get("model")), "".join(self.texts())
+        done = self._response(data, "completed", [self._message(text)], self._usage(model))
+        if data.get("stream") is not True:
+            await _respond(send, 200, json.dumps(done).encode())
+            return
+        started = self._response(data, "in_progress", [], None)
+        where = {"item_id": "msg_faulty", "output_index": 0, "content_index": 0}
+        part = {"type": "output_text", "text": text, "annotations": []}
+        groups: list[list[tuple[str, dict[str, Any]]]] = [
+            [("response.created", {"response": started}), ("response.in_progress", {"response": started})],
+            [
+                ("response.output_item.added", {"output_index": 0, "item": self._message("", "in_progress")}),
+                ("response.content_part.added", {**where, "part": {**part, "text": ""}}),
+            ],
+            *[[("response.output_text.delta", {**where, "delta": piece, "logprobs": []})] for piece in self.texts()],
+            [
+                ("response.output_text.done", {**where, "text": text, "logprobs": []}),
+                ("response.content_part.done", {**where, "part": part}),
+                ("response.output_item.done", {"output_index": 0, "item": self._message(text)}),
+                ("response.completed", {"response": done}),
+            ],
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        sequence = 0
+        for number, group in enumerate(groups):
+            body = b""
+            for kind, fields in group:
+                payload = json.dumps({**fields, "sequence_number": sequence, "type": kind})
+                body += f"event: {kind}\ndata: {payload}\n\n".encode()
+                sequence += 1
+            await send({"type": "http.response.body", "body": body, "more_body": number < len(groups) - 1})
+
+
+_SSE = [(b"content-type", b"text/event-stream")]

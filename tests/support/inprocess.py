@@ -34,7 +34,7 @@ from tests.support.faulty_upstream import BASE, MAX_RANK, SAFETY_S, FaultyUpstre
 
 # -- serving ----------------------------------------------------------------------------------------
 
-CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
+CHAT, TEXT, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/responses"
 
 
 class _Server(uvicorn.Server):
@@ -340,3 +340,14 @@ def chat_body(model: str, **extra: Any) -> dict[str, Any]:
 
 def completion_body(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "prompt": "Once upon a time", "max_tokens": 8, **extra}
+
+
+def responses_body(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "input": "Say something.", "max_output_tokens": 8, **extra}
+
+
+def named_event(event: bytes) -> tuple[str, Any]:
+    """A Responses stream event (without its separator): its ``event:`` name and its data."""
+    head, _, data = event.partition(b"\n")
+    assert head.startswith(b"event: "), event
+    return head[len(b"event: ") :].decode(), event_data(data)

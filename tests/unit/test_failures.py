@@ -17,6 +17,7 @@ import pytest
 from gateway.errors import (
     RetrievalUnavailable,
     TurnoutError,
+    UnsupportedEndpoint,
     UpstreamError,
     UpstreamModelMissing,
     UpstreamRejected,
@@ -25,6 +26,7 @@ from gateway.errors import (
 )
 from gateway.failures import Boundary, for_status, translate
 from gateway.protocol import sse
+from gateway.protocol.envelope import error_message, is_route_miss
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,44 @@ def test_litellm_exceptions(
     assert error.status == status
     assert "it went wrong" in error.message
     assert error.falls_back is (kind is not UpstreamRejected)
+
+
+def test_a_server_at_openai_api_base_without_the_endpoint_is_unsupported_not_a_missing_model(
+    litellm_exceptions: Any,
+) -> None:
+    """litellm relays a server's own 404 for a path it does not have; the model is not what is missing."""
+    no_path = litellm_exceptions.NotFoundError(
+        message='OpenAIException - {"detail":"Not Found"}', model="m", llm_provider="openai"
+    )
+    error = translate(no_path, Boundary.OPENAI, "'m'")
+    assert type(error) is UnsupportedEndpoint
+    assert (error.status, error.code, error.falls_back) == (400, "unsupported_endpoint", True)
+    no_model = litellm_exceptions.NotFoundError(
+        message="The model `m` does not exist", model="m", llm_provider="openai"
+    )
+    assert type(translate(no_model, Boundary.OPENAI, "'m'")) is UpstreamModelMissing
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (404, b'{"detail":"Not Found"}', UnsupportedEndpoint),  # the web framework's: no such path
+        (405, b'{"detail":"Method Not Allowed"}', UnsupportedEndpoint),
+        (501, b'{"error":{"message":"The model does not support Responses API"}}', UnsupportedEndpoint),
+        (404, b'{"error":{"message":"The model `x` does not exist.","param":"model"}}', UpstreamModelMissing),
+    ],
+)
+def test_a_server_without_the_endpoint_is_told_from_one_without_the_model(
+    status: int, body: bytes, kind: type[TurnoutError]
+) -> None:
+    message, param = error_message(body)
+    error = for_status(
+        status, message, param, subject="vllm", model="formal", path="/v1/responses", no_such_path=is_route_miss(body)
+    )
+    assert type(error) is kind
+    if kind is UnsupportedEndpoint:
+        assert "/v1/responses" in error.message
+        assert error.falls_back
 
 
 def test_litellm_reports_a_refused_connection_as_a_server_error(litellm_exceptions: Any) -> None:
