@@ -81,9 +81,12 @@ class Embedder:
         if tokenizer_file.is_file():
             from tokenizers import Tokenizer
 
-            # A tokenizer of its own for the event loop's thread (the model's is busy on the worker's).
+            # A tokenizer of its own for the event loop's thread (the model's is busy on the worker's). Its
+            # file may also pad every text to a fixed length (the packaged model's pads to 128): counts are
+            # of the text's own tokens, so neither applies. Never changed again, so threads may share it.
             self._counter = Tokenizer.from_file(str(tokenizer_file))
             self._counter.no_truncation()
+            self._counter.no_padding()
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.load)
