@@ -187,13 +187,19 @@ async def test_scores_retrieval_reports_are_the_cosines_of_these_vectors(
     assert ingested.status_code == 200, ingested.text
     assert ingested.json()["added"] == ["harbour"]
     question, document = vectors(await client.embeddings.create(model=NAME, input=[PARAPHRASE, DOCUMENT]))
-    reply = await client.chat.completions.create(
+    raw = await client.chat.completions.with_raw_response.create(
         model="kb-bot", messages=[{"role": "user", "content": PARAPHRASE}], max_tokens=4
     )
-    [citation] = (reply.choices[0].message.model_extra or {})["citations"]
+    [citation] = (raw.parse().choices[0].message.model_extra or {})["citations"]
     assert citation["document"] == "harbour"
     assert citation["snippet"] == DOCUMENT  # one chunk: the whole document
     assert citation["score"] == pytest.approx(cosine(question, document), abs=5e-5)  # the citation rounds to 4 places
+    # The retrieval's query embedding is priced as the endpoint prices the same text (self-hosted generation
+    # and searches cost nothing here): by its tokens, not by the 128 its tokenizer file pads every text to.
+    alone = await client.embeddings.with_raw_response.create(model=NAME, input=PARAPHRASE)
+    assert alone.parse().usage.prompt_tokens < 128
+    assert float(raw.headers["x-turnout-cost-usd"]) == float(alone.headers["x-turnout-cost-usd"])
+    assert float(alone.headers["x-turnout-cost-usd"]) == pytest.approx(alone.parse().usage.prompt_tokens * PRICE / 1e6)
 
 
 async def test_dimensions_equal_to_the_models_and_user_are_accepted(client: openai.AsyncOpenAI) -> None:
