@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.routing import Router
 
-from gateway.api import admin, health, metrics, models, rag, route
+from gateway.api import admin, embeddings, health, metrics, models, rag, route
 from gateway.api.completions import completion_routes
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestIdMiddleware
@@ -39,7 +39,7 @@ def create_api(ids: RequestIds) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    for module in (route, models, rag, health, metrics, admin):
+    for module in (route, models, embeddings, rag, health, metrics, admin):
         api.include_router(module.router)
     install_error_handlers(api)
     api.add_middleware(RequestIdMiddleware, ids=ids)

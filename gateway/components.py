@@ -31,6 +31,7 @@ from gateway.adapters.validation import BaseModelFacts
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, TurnoutConfig, load_config
 from gateway.dispatch.backend import Backend, VllmBackend
+from gateway.dispatch.embeddings import EmbeddingService
 from gateway.dispatch.openai_backend import OpenAIBackend
 from gateway.dispatch.service import CompletionService
 from gateway.embeddings import Embedder, EmbedderError
@@ -58,7 +59,9 @@ class StartupError(Exception):
 
 
 def needs_embedder(config: TurnoutConfig) -> bool:
-    return policies_use_intents(config) or bool(config.rag.collections)
+    """Intents, retrieval, or ``embeddings.serve: true`` (the model loaded at start-up for the endpoint alone:
+    never on a first request, which would wait seconds for it and grow the process by torch mid-service)."""
+    return policies_use_intents(config) or bool(config.rag.collections) or config.embeddings.serve is True
 
 
 def base_model_facts(config: TurnoutConfig) -> BaseModelFacts:
@@ -88,6 +91,8 @@ class Components:
         self.ingestor = ingestor
         self.metrics = metrics
         self._rag_backend = rag_backend
+        self.embeddings = EmbeddingService(config.embeddings, service.accounting)
+        self.embeddings.use(service.embedder, config.serves_embeddings)
         self.auth = Authenticator(config.auth)
         self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
@@ -148,6 +153,7 @@ class Components:
         self.auth = Authenticator(new.auth)
         self.service.accounting.use_prices(prices)
         self.service.swap(table, embedder)
+        self.embeddings.use(embedder, new.serves_embeddings)
         self.config = new
         self.reloads += 1
         if restart:

@@ -69,8 +69,8 @@ class Metrics:
         # Requests, latency and what the gateway itself adds.
         self.requests = Counter(
             "turnout_requests",
-            "Completion requests answered, by endpoint, policy (the configured model name asked for, else none), "
-            "route kind, target and HTTP status (499: the client left first).",
+            "Requests answered (completions and embeddings), by endpoint, policy (the configured model name asked "
+            "for, else none), route kind, target and HTTP status (499: the client left first).",
             ["endpoint", *route, "status"],
             registry=r,
         )
@@ -169,7 +169,7 @@ class Metrics:
         self.embedding_seconds = Histogram(
             "turnout_embedding_duration_seconds",
             "Time the embedding model took for one batch (kind: query for routing and retrieval, documents "
-            "for ingestion); cache hits are not counted.",
+            "for ingestion, api for POST /v1/embeddings); cache hits are not counted.",
             ["kind"],
             buckets=_RETRIEVAL_BUCKETS,
             registry=r,

@@ -35,6 +35,12 @@ def model_cards(parts: Components) -> list[dict[str, Any]]:
         cards.append(
             {"id": name, "object": "model", "created": parts.started_at, "owned_by": "turnout", "turnout": info}
         )
+    embedding = parts.embeddings.describe()  # None unless POST /v1/embeddings is served
+    if embedding is not None:
+        name = parts.embeddings.name
+        cards.append(
+            {"id": name, "object": "model", "created": parts.started_at, "owned_by": "turnout", "turnout": embedding}
+        )
     return cards
 
 

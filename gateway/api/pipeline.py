@@ -36,11 +36,15 @@ from gateway.components import Components
 from gateway.dispatch.service import RequestContext
 from gateway.errors import ClientLeft, RequestTooLarge, TurnoutError
 from gateway.metrics import NO_POLICY, NO_ROUTE
+from gateway.protocol import embeddings
 from gateway.protocol.requests import ENDPOINTS
 
 log = logging.getLogger("turnout.errors")
 
 _ACCEPTABLE_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
+# Endpoints besides the completions whose refusals before their service runs (key, size) are counted in
+# turnout_requests_total, by path.
+COUNTED_ENDPOINTS = {embeddings.PATH: embeddings.ENDPOINT}
 
 
 class RequestIds:
@@ -141,7 +145,7 @@ def fail(components: Components | None, exc: TurnoutError, method: str, path: st
     count the gateway's own refusals and failures (scanners would otherwise fill them)."""
     if components is not None and counted:
         if not exc.counted:  # no ledger recorded it: refused before routing (key, size, method, body)
-            endpoint = ENDPOINTS.get(path.removesuffix("/"))
+            endpoint = ENDPOINTS.get(path.removesuffix("/")) or COUNTED_ENDPOINTS.get(path)
             if endpoint is not None:
                 components.metrics.route(endpoint, NO_POLICY, NO_ROUTE, NO_ROUTE).requests(exc.status).inc()
         components.accounting.count_error(exc)  # once: the request's ledger may have counted it already

