@@ -305,7 +305,7 @@ async def test_refusals_are_envelopes_naming_the_field_and_are_counted(
     error = assert_envelope(response, status, code)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
-    assert response.headers["x-turnout-cost-usd"] == "0.0"
+    assert response.headers["x-turnout-cost-usd"] == "0"
     after = await gateway.grown(before, "turnout_requests_total", 1, **under, status=str(status))
     error_type = code or "invalid_request_error"
     assert (
