@@ -98,7 +98,8 @@ class CompletionService:
         )
         if features.model not in table.models:
             raise ModelNotFound(
-                f"The model {request.model!r} does not exist here; GET /v1/models lists the names it serves",
+                f"The model {request.model!r} does not exist here; GET /v1/models lists the names it serves "
+                "(one of kind 'embedding' answers POST /v1/embeddings only)",
                 param="model",
             )
         if table.needs_embedding(features.model):
