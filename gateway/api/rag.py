@@ -11,7 +11,6 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +19,7 @@ from gateway.auth import Identity
 from gateway.components import Components
 from gateway.errors import CollectionNotFound, InvalidRequest, PermissionDenied, TurnoutError
 from gateway.failures import Boundary, translate
+from gateway.protocol.bodies import invalid, json_object
 from gateway.rag import SHARED
 from gateway.rag.documents import Document, document_from_mapping
 from routing.spec import NAME_PATTERN
@@ -94,13 +94,9 @@ async def list_collections(parts: ComponentsDep, who: IdentityDep) -> dict[str, 
 async def ingest(collection: str, body: BodyDep, parts: ComponentsDep, who: IdentityDep) -> dict[str, Any]:
     _, ingestor = _rag(parts, collection)
     try:
-        request = IngestRequest.model_validate(orjson.loads(body))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+        request = IngestRequest.model_validate(json_object(body))
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param) from None
+        raise invalid(exc) from None
     tenant = _scope(who, request.tenant, write=True)
     documents: list[Document] = []
     for index, item in enumerate(request.documents):

@@ -15,7 +15,7 @@ adds to ``usage`` is dropped (the gateway prices the request itself).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import orjson
 
 from gateway.config.model import OpenAIConfig
 from gateway.dispatch.answers import StaticAnswer
-from gateway.dispatch.backend import Call, Opened
+from gateway.dispatch.backend import Answer, Call, Opened
 from gateway.dispatch.shaping import shape_data
 from gateway.errors import TurnoutError, UnsupportedEndpoint, UpstreamError
 from gateway.failures import Boundary, translate
@@ -160,22 +160,13 @@ class OpenAIBackend:
             **params,
         }
         call.ledger.added_to_prompt(target.system_prompt)
-        try:
-            with call.ledger.sending():
-                if call.endpoint == "chat":
-                    response = await litellm.acompletion(messages=data["messages"], **common)
-                else:
-                    response = await litellm.atext_completion(prompt=data["prompt"], **common)
-                if not stream:
-                    answer = StaticAnswer(response.model_dump_json(exclude_none=True).encode(), "application/json")
-                    return Opened(answer)
-                iterator = aiter(response)
-                first = await anext(iterator)
-        except TurnoutError:
-            raise
-        except Exception as exc:  # litellm raises its own tree: see gateway.failures for what each kind means
-            raise translate(exc, Boundary.OPENAI, repr(target.name)) from exc
-        return Opened(LiteLLMStream(first, iterator))
+        if call.endpoint == "chat":
+            request = litellm.acompletion(messages=data["messages"], **common)
+        else:
+            request = litellm.atext_completion(prompt=data["prompt"], **common)
+        return await _opened(
+            call, target, request, stream, lambda r: r.model_dump_json(exclude_none=True).encode(), LiteLLMStream
+        )
 
     def _common(self, target: Target, stream: bool) -> dict[str, Any]:
         return {
@@ -198,18 +189,33 @@ class OpenAIBackend:
         named = {k: v for k, v in data.items() if k in _RESPONSES_NAMED}
         extra = {k: v for k, v in data.items() if k not in _RESPONSES_NAMED and k not in ("model", "input", "stream")}
         call.ledger.added_to_prompt(target.system_prompt)
-        try:
-            with call.ledger.sending():
-                response = await create(
-                    input=data["input"], extra_body=extra or None, **named, **self._common(target, stream)
-                )
-                if not stream:
-                    answer = StaticAnswer(orjson.dumps(_dumped(response)), "application/json")
-                    return Opened(answer)
-                iterator = aiter(response)
-                first = await anext(iterator)
-        except TurnoutError:
-            raise
-        except Exception as exc:  # litellm raises its own tree: see gateway.failures for what each kind means
-            raise translate(exc, Boundary.OPENAI, repr(target.name)) from exc
-        return Opened(LiteLLMResponseStream(first, iterator))
+        request = create(input=data["input"], extra_body=extra or None, **named, **self._common(target, stream))
+        return await _opened(call, target, request, stream, lambda r: orjson.dumps(_dumped(r)), LiteLLMResponseStream)
+
+
+def _json(response: Any) -> bytes:
+    return str(response.model_dump_json(exclude_none=True)).encode()
+
+
+async def _opened(
+    call: Call,
+    target: Target,
+    request: Coroutine[Any, Any, Any],
+    stream: bool,
+    whole: Callable[[Any], bytes],
+    framing: Callable[[Any, AsyncIterator[Any]], Answer],
+) -> Opened:
+    """Send ``request`` through litellm: a whole answer as ``whole`` writes it, or a stream once its first
+    chunk is in (so a failure before the first byte can still fall back), framed by ``framing``."""
+    try:
+        with call.ledger.sending():
+            response = await request
+            if not stream:
+                return Opened(StaticAnswer(whole(response), "application/json"))
+            iterator = aiter(response)
+            first = await anext(iterator)
+    except TurnoutError:
+        raise
+    except Exception as exc:  # litellm raises its own tree: see gateway.failures for what each kind means
+        raise translate(exc, Boundary.OPENAI, repr(target.name)) from exc
+    return Opened(framing(first, iterator))

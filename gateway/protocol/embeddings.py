@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from gateway.errors import InvalidRequest
+from gateway.protocol.bodies import invalid, json_object
 
 PATH = "/v1/embeddings"
 ENDPOINT = "embeddings"  # the endpoint label of its requests in the metrics
@@ -63,20 +64,11 @@ _TOKEN_IDS = (
 
 def parse_embedding_request(raw: bytes) -> EmbeddingRequest:
     """The checked request; :class:`InvalidRequest` naming the field when it is malformed."""
-    if not raw.strip():
-        raise InvalidRequest("the request body is empty; send a JSON object")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    data = json_object(raw)
     try:
         options = _Options.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param) from None
+        raise invalid(exc) from None
     texts = _texts(data.get("input"), "input" in data)
     return EmbeddingRequest(
         options.model,

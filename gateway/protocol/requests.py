@@ -8,13 +8,12 @@ The Responses API's own rules are in :mod:`gateway.protocol.responses`.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 
-from gateway.errors import InvalidRequest
+from gateway.protocol.bodies import invalid, json_object
 from gateway.protocol.responses import ResponsesRequest, check_request, user_texts
 
 Endpoint = Literal["chat", "completions", "responses"]
@@ -69,22 +68,11 @@ _MODELS: dict[Endpoint, type[AnyRequest]] = {
 
 def parse_request(endpoint: Endpoint, raw: bytes) -> tuple[dict[str, Any], AnyRequest]:
     """The body as a dict (to forward) and as a checked model; :class:`InvalidRequest` when malformed."""
-    if not raw.strip():
-        raise InvalidRequest("the request body is empty; send a JSON object")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    data = json_object(raw)
     try:
         request = _MODELS[endpoint].model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in _field_path(first["loc"])) or None
-        count = exc.error_count()
-        more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
-        raise InvalidRequest(f"{param or 'body'}: {first['msg']}{more}", param=param) from None
+        raise invalid(exc) from None
     if isinstance(request, ResponsesRequest):
         check_request(request, data)
     return data, request
@@ -98,18 +86,6 @@ def endpoint_of(raw: bytes) -> Endpoint:
     except orjson.JSONDecodeError:
         return "chat"  # refused as malformed by the chat parser, with its message
     return "responses" if isinstance(data, dict) and "input" in data and "messages" not in data else "chat"
-
-
-# How pydantic names the branch of a union a value failed in (``str``, ``list[int]``): not a field of the body.
-_UNION_BRANCH = re.compile(r"^(?:str|int|float|bool|none|[a-z-]+\[.*\])$")
-
-
-def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """The location of a validation error in the client's body, without union branch names."""
-    for position, part in enumerate(loc):
-        if isinstance(part, str) and _UNION_BRANCH.match(part):
-            return loc[:position]
-    return loc
 
 
 def asks_usage(data: dict[str, Any]) -> bool:
