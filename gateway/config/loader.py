@@ -326,6 +326,15 @@ def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
         # Made absolute, but links kept: clients know the model by this directory's name (embeddings.name's
         # default), which must not become a link target's, such as a versioned directory behind "current".
         embeddings = embeddings.model_copy(update={"model": os.path.abspath(base / embeddings.model)})
+    adapter_store = config.adapter_store
+    if adapter_store.path is not None:
+        adapter_store = adapter_store.model_copy(update={"path": resolve(adapter_store.path)})
     return config.model_copy(
-        update={"adapters": adapters, "base_model": base_model, "rag": rag, "embeddings": embeddings}
+        update={
+            "adapters": adapters,
+            "base_model": base_model,
+            "rag": rag,
+            "embeddings": embeddings,
+            "adapter_store": adapter_store,
+        }
     )

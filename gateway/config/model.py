@@ -125,6 +125,14 @@ class AdapterConfig(Section):
     description: str = Field("", description="What the adapter is for; shown in /v1/models.")
 
 
+class AdapterStoreConfig(Section):
+    path: Path | None = Field(
+        None,
+        description="Root of the adapter store (immutable NAME@sha256-... versions; `turnout adapters push`). "
+        "Relative to the config file.",
+    )
+
+
 class EmbeddingsConfig(Section):
     model: str = Field(
         PACKAGED_EMBEDDER,
@@ -329,6 +337,9 @@ class TurnoutConfig(BaseSettings):
     base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
     adapters: dict[ModelName, AdapterConfig] = Field(
         default_factory=dict, description="LoRA adapters by the name clients call them."
+    )
+    adapter_store: AdapterStoreConfig = Field(
+        default_factory=AdapterStoreConfig, description="Where adapter versions are kept for every replica."
     )
     auth: AuthConfig = Field(default_factory=AuthConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
