@@ -86,6 +86,7 @@ def test_every_command_is_covered() -> None:
         "config check",
         "config schema",
         "adapters list",
+        "adapters status",
         "route explain",
         "rag ingest",
         "rag list",
