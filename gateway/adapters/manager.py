@@ -186,6 +186,10 @@ class AdapterManager:
             lease.release()
         return True
 
+    def busy(self) -> bool:
+        """A load or unload is under way on this server (its listing is read again once it ends)."""
+        return self._ops.locked()
+
     def holds(self, name: str) -> bool:
         """Loaded here, or being loaded (a request sent here now waits for that load, not another)."""
         adapter = self._adapters.get(name)

@@ -372,7 +372,9 @@ class Fleet:
         if not replica.healthy:
             self._returned(replica, "its /health answers again")
             return
-        if self._declares_state() or self.config.eviction == "vllm":
+        # A load under way holds the replica's operations: reading the listing would wait for it and hold up
+        # this probe round, so it waits for the next round instead.
+        if (self._declares_state() or self.config.eviction == "vllm") and not replica.adapters.busy():
             try:
                 lost = await replica.adapters.sync(timeout_s=timeout)
             except TurnoutError as exc:

@@ -2,10 +2,12 @@
 
 For an adapter, among the replicas that may take a request (healthy, not draining, not in a back-off for it):
 
-1. the replicas that hold it (loaded, or being loaded), the least loaded of them;
-2. else the least loaded replica with a free adapter slot, then one where an idle adapter can make room,
+1. the replicas where it is loaded, the least loaded of them (one still loading it is not chosen while
+   another has it loaded);
+2. else a replica loading it already (the request waits for that load, never starts a second one);
+3. else the least loaded replica with a free adapter slot, then one where an idle adapter can make room,
    then any (the load there waits for a slot, as on one server);
-3. a hot adapter spreads: when even the least loaded holder has ``SPREAD_MARGIN`` more requests in flight
+4. a hot adapter spreads: when even the least loaded holder has ``SPREAD_MARGIN`` more requests in flight
    than the least loaded replica with a free slot that does not hold it, that replica is named to load it
    in the background, while the request itself still goes to a holder. Pinned adapters are everywhere
    already and never spread here; ``max_replicas`` bounds the others.
@@ -74,17 +76,21 @@ class ResidencyFirst:
         allowed = [r for r in replicas if r.adapters.blocked(adapter) is None]
         if not allowed:
             return None
-        holders = [r for r in allowed if r.adapters.holds(adapter)]
-        if holders:
-            best = self._least_loaded(holders)
+        resident = [r for r in allowed if r.adapters.is_resident(adapter)]
+        if resident:
+            best = self._least_loaded(resident)
             spread = None
-            if bound is None or len(holders) < bound:
+            holders = sum(1 for r in replicas if r.adapters.holds(adapter))
+            if bound is None or holders < bound:
                 free = [r for r in allowed if not r.adapters.holds(adapter) and r.adapters.has_free_slot()]
                 if free:
                     lightest = self._least_loaded(free)
                     if best.in_flight >= lightest.in_flight + SPREAD_MARGIN:
                         spread = lightest
             return Choice(best, spread)
+        loading = [r for r in allowed if r.adapters.holds(adapter)]
+        if loading:  # wait for the load under way rather than start another
+            return Choice(self._least_loaded(loading))
         free = [r for r in allowed if r.adapters.has_free_slot()]
         if free:
             return Choice(self._least_loaded(free))
