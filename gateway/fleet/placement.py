@@ -6,10 +6,13 @@ For an adapter, among the replicas that may take a request (healthy, not drainin
    another has it loaded);
 2. else a replica loading it already (the request waits for that load, never starts a second one);
 3. else the least loaded replica with a free adapter slot, then one where an idle adapter can make room,
-   then any (the load there waits for a slot, as on one server);
+   then any (the load there waits for a slot, as on one server). Among replicas whose loads are within the
+   margin below of the lightest, the adapter's own first choice wins: each adapter ranks the replicas by a
+   hash of both names (rendezvous hashing), so every gateway sharing the replicas puts a cold adapter on the
+   same one, and different adapters land on different replicas;
 4. a hot adapter spreads: when even the least loaded holder has ``SPREAD_MARGIN`` more requests in flight
-   than the least loaded replica with a free slot that does not hold it, that replica is named to load it
-   in the background, while the request itself still goes to a holder. Pinned adapters are everywhere
+   than the least loaded replica with a free slot that does not hold it, that replica (chosen as in 3) is
+   named to load it in the background, while the request itself still goes to a holder. Pinned adapters are everywhere
    already and never spread here; ``max_replicas`` bounds the others.
 
 A base-model request goes to the least loaded replica. Ties are broken by a turn that moves on with every
@@ -28,6 +31,7 @@ baseline ``bench/fleet.py`` measures residency-first placement against.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,11 +55,24 @@ class Placement(Protocol):
         ...
 
 
+def rank(adapter: str, replica: str) -> int:
+    """How much ``adapter`` prefers ``replica``: the same in every process (Python's own hash is salted)."""
+    return int.from_bytes(hashlib.blake2b(f"{adapter}\0{replica}".encode(), digest_size=8).digest(), "big")
+
+
 class ResidencyFirst:
     """The placement rule of the module docstring."""
 
     def __init__(self) -> None:
         self._turn = 0
+
+    def _home(self, adapter: str, replicas: Sequence[Replica]) -> Replica:
+        """The adapter's first choice among ``replicas``, unless it is busier than the lightest by the margin."""
+        preferred = max(replicas, key=lambda r: rank(adapter, r.name))
+        lightest = min(r.in_flight for r in replicas)
+        if preferred.in_flight < lightest + SPREAD_MARGIN:
+            return preferred
+        return self._least_loaded(replicas)
 
     def _least_loaded(self, replicas: Sequence[Replica]) -> Replica:
         count = len(replicas)
@@ -83,19 +100,17 @@ class ResidencyFirst:
             holders = sum(1 for r in replicas if r.adapters.holds(adapter))
             if bound is None or holders < bound:
                 free = [r for r in allowed if not r.adapters.holds(adapter) and r.adapters.has_free_slot()]
-                if free:
-                    lightest = self._least_loaded(free)
-                    if best.in_flight >= lightest.in_flight + SPREAD_MARGIN:
-                        spread = lightest
+                if free and best.in_flight >= min(r.in_flight for r in free) + SPREAD_MARGIN:
+                    spread = self._home(adapter, free)
             return Choice(best, spread)
         loading = [r for r in allowed if r.adapters.holds(adapter)]
         if loading:  # wait for the load under way rather than start another
             return Choice(self._least_loaded(loading))
         free = [r for r in allowed if r.adapters.has_free_slot()]
         if free:
-            return Choice(self._least_loaded(free))
+            return Choice(self._home(adapter, free))
         roomy = [r for r in allowed if r.adapters.can_make_room()]
-        return Choice(self._least_loaded(roomy or allowed))
+        return Choice(self._home(adapter, roomy or allowed))
 
 
 class RoundRobin:
