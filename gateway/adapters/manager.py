@@ -5,10 +5,13 @@ chooses between them). Guarantees:
 
 * single-flight: concurrent first requests for one adapter share one load call;
 * capacity (``evict``, the ``gateway`` eviction mode): at most ``max_resident`` adapters are loaded; to
-  load another, the least recently used adapter with no request in flight, and that the fleet does not
-  ``keep`` (pinned, or needed for its ``min_replicas``), is unloaded; if every one is busy the request
-  waits for one to become idle (up to ``capacity_wait_s``) and then gets 503. Without ``evict`` (the
-  ``vllm`` mode, for several gateways sharing replicas) nothing is ever unloaded: vLLM's own LRU evicts;
+  load another, the least recently used adapter with no request in flight is unloaded. What the fleet
+  ``keep``s is spared: a pinned adapter is never unloaded, and one the fleet wants here for its
+  ``min_replicas`` only when no other idle adapter is left (a request is served before a warm copy is
+  kept). If every one is busy the request waits for one to become idle (up to ``capacity_wait_s``) and
+  then gets 503. Loads the fleet makes on its own (:meth:`AdapterManager.preload`) never wait, and evict
+  only when told to (a pinned adapter coming back). Without ``evict`` (the ``vllm`` mode, for several
+  gateways sharing replicas) nothing is ever unloaded: vLLM's own LRU evicts;
 * adapter operations on one server are serialised: loading while another load runs has crashed vLLM;
 * a load runs in its own task, so a client that disconnects does not cancel it for the others;
 * a load vLLM refuses or fails marks the adapter failed on this server, with vLLM's reason: requests do
@@ -38,6 +41,9 @@ from gateway.protocol.envelope import error_message
 from gateway.upstream.client import Upstream
 
 log = logging.getLogger("turnout.adapters")
+
+# How much the fleet needs an adapter on this server (what ``keep`` answers): an eviction spares the higher.
+FREE, WANTED, PINNED = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -99,13 +105,13 @@ class AdapterManager:
         metrics: Metrics | None = None,
         *,
         replica: str | None = None,
-        keep: Callable[[str], bool] | None = None,
+        keep: Callable[[str], int] | None = None,
     ) -> None:
         self.upstream = upstream
         self.settings = settings
         self.metrics = metrics
         self.replica = replica or upstream.url.partition("://")[2]  # the metrics' replica label
-        self._keep = keep  # adapters the fleet needs here: never evicted
+        self._keep = keep  # how much the fleet needs each adapter here: FREE, WANTED or PINNED
         self._foreign = 0  # adapters vLLM lists that this gateway does not declare (another gateway's)
         self._adapters = {name: _Adapter(name, spec) for name, spec in adapters.items()}
         self._ops = asyncio.Lock()
@@ -167,16 +173,17 @@ class AdapterManager:
             self._sync_task = asyncio.create_task(self._sync(timeout_s))
         return set(await asyncio.shield(self._sync_task))
 
-    async def preload(self, name: str) -> bool:
+    async def preload(self, name: str, *, evict: bool = False) -> bool:
         """Load ``name`` without a request waiting for it (declared state, a hot adapter spreading): never
-        waits for a slot, and a failure is logged (and marked), not raised. True when it is loaded."""
+        waits for a slot, takes a free one unless ``evict`` (then it may unload idle adapters that are not
+        pinned), and a failure is logged (and marked), not raised. True when it is loaded."""
         adapter = self._adapters.get(name)
         if adapter is None or not adapter.declared or self.blocked(name) is not None:
             return False
         adapter.in_flight += 1
         lease = Lease(self, adapter)
         try:
-            await self._ensure_loaded(adapter, wait=False)
+            await self._ensure_loaded(adapter, wait=False, spare=PINNED if evict else FREE)
         except CapacityExhausted:
             return False
         except TurnoutError as exc:
@@ -215,7 +222,7 @@ class AdapterManager:
         """A load here would find a slot: a free one, one an idle adapter gives up, or vLLM's own LRU's."""
         if not self.settings.evict or self.has_free_slot():
             return True
-        return any(a.resident and a.in_flight == 0 and not self._kept(a) for a in self._adapters.values())
+        return any(a.resident and a.in_flight == 0 and self._need(a) < PINNED for a in self._adapters.values())
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every declared adapter with its residency, for ``/admin/adapters`` and the CLI."""
@@ -260,13 +267,16 @@ class AdapterManager:
             self._releases += 1
             self._slot_freed.set()
 
-    def _kept(self, adapter: _Adapter) -> bool:
-        return adapter.declared and self._keep is not None and self._keep(adapter.name)
+    def _need(self, adapter: _Adapter) -> int:
+        if not adapter.declared or self._keep is None:
+            return FREE
+        return self._keep(adapter.name)
 
-    async def _ensure_loaded(self, adapter: _Adapter, *, wait: bool = True) -> None:
+    async def _ensure_loaded(self, adapter: _Adapter, *, wait: bool = True, spare: int = PINNED) -> None:
+        """``spare``: room is made by unloading only idle adapters the fleet needs less than this."""
         while not adapter.resident or adapter.stale:
             if adapter.loading is None:
-                task = asyncio.create_task(self._load(adapter, wait), name=f"load-adapter-{adapter.name}")
+                task = asyncio.create_task(self._load(adapter, wait, spare), name=f"load-adapter-{adapter.name}")
                 adapter.loading = task
                 task.add_done_callback(partial(_loaded, adapter))
             try:
@@ -298,11 +308,11 @@ class AdapterManager:
             self._publish()
             return lost
 
-    async def _load(self, adapter: _Adapter, wait: bool) -> None:
+    async def _load(self, adapter: _Adapter, wait: bool, spare: int) -> None:
         """Load ``adapter``, counting the outcome."""
         outcome = "failure"
         try:
-            await self._load_once(adapter, wait)
+            await self._load_once(adapter, wait, spare)
             outcome = "success"
         except CapacityExhausted:
             outcome = "no_capacity"  # not the adapter's fault: every slot was busy
@@ -317,7 +327,7 @@ class AdapterManager:
             for adapter in self._adapters.values():
                 self.metrics.adapter_resident.labels(adapter.name, self.replica).set(1 if adapter.resident else 0)
 
-    async def _load_once(self, adapter: _Adapter, wait: bool) -> None:
+    async def _load_once(self, adapter: _Adapter, wait: bool, spare: int) -> None:
         settings = self.settings
         spec = adapter.spec  # the files checked are the files loaded, even if a reload moves them meanwhile
         # Checked before anything is sent: a bad adapter never reaches vLLM.
@@ -331,7 +341,7 @@ class AdapterManager:
             async with self._ops:
                 if adapter.resident and not adapter.stale:
                     return
-                if adapter.resident or await self._make_room(adapter):
+                if adapter.resident or await self._make_room(adapter, spare):
                     await self._send_load(adapter, spec)
                     return
             # Every slot is busy: wait for a release outside the lock, so other adapters' operations
@@ -344,7 +354,7 @@ class AdapterManager:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise CapacityExhausted(
-                    f"all {self.settings.max_resident} adapter slots are busy serving requests; "
+                    f"all {self.settings.max_resident} adapter slots are busy serving requests (or pinned); "
                     f"adapter {adapter.name!r} could not be loaded in {self.settings.capacity_wait_s:g} s"
                 )
             self._slot_freed.clear()  # no await before the wait below, so no release can slip between
@@ -395,21 +405,22 @@ class AdapterManager:
         adapter.retry_at = asyncio.get_running_loop().time() + backoff
         log.warning("%s; not tried again on this replica for %.0f s", failure.message, backoff)
 
-    async def _make_room(self, incoming: _Adapter) -> bool:
-        """Unload idle adapters until one slot is free; ``False`` when every resident one is busy. Without
-        ``evict`` there is always room: vLLM makes it."""
+    async def _make_room(self, incoming: _Adapter, spare: int) -> bool:
+        """Unload idle adapters the fleet needs less than ``spare`` until one slot is free (adapters a reload
+        removed first, then those it does not need, each least recently used first); ``False`` when none is
+        left. Without ``evict`` nothing is unloaded: vLLM makes room, for requests and pinned adapters, while
+        loads that only may have a slot (``spare`` FREE) take a free one or none."""
         if not self.settings.evict:
-            return True
+            return spare > FREE or self.occupied() - (incoming.loading is not None) < self.settings.max_resident
         while sum(a.resident for a in self._adapters.values()) >= self.settings.max_resident:
             idle = [
                 a
                 for a in self._adapters.values()
-                if a.resident and a.in_flight == 0 and a is not incoming and not self._kept(a)
+                if a.resident and a.in_flight == 0 and a is not incoming and self._need(a) < spare
             ]
             if not idle:
                 return False
-            # adapters a reload removed go first, then the least recently used
-            await self._unload(min(idle, key=lambda a: (a.declared, a.last_used)))
+            await self._unload(min(idle, key=lambda a: (self._need(a), a.declared, a.last_used)))
         return True
 
     async def _unload(self, adapter: _Adapter) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.adapters.manager import AdapterManager, ManagerSettings
+from gateway.adapters.manager import FREE, PINNED, WANTED, AdapterManager, ManagerSettings
 from gateway.config import AdapterConfig
 from gateway.config.model import VllmConfig
 from gateway.errors import TurnoutError, UpstreamTimeout, UpstreamUnavailable
@@ -267,19 +267,20 @@ class Fleet:
             replica.adapters.forget_metrics()
             log.info("replica %s left the fleet (drained)", replica.name)
 
-    def _keeper(self, name: str) -> Callable[[str], bool]:
-        """What the replica ``name`` must not evict: pinned adapters, and those it holds for ``min_replicas``."""
+    def _keeper(self, name: str) -> Callable[[str], int]:
+        """How much the replica ``name`` needs each adapter: pinned ones always, and one it holds for its
+        ``min_replicas`` while no more than that many healthy replicas hold it (the manager spares these)."""
 
-        def keep(adapter: str) -> bool:
+        def keep(adapter: str) -> int:
             spec = self._adapters.get(adapter)
             if spec is None:
-                return False
+                return FREE
             if spec.pinned:
-                return True
+                return PINNED
             if spec.min_replicas:
                 holders = sum(1 for r in self._replicas if r.available and r.adapters.is_resident(adapter))
-                return holders <= spec.min_replicas
-            return False
+                return WANTED if holders <= spec.min_replicas else FREE
+            return FREE
 
         return keep
 
@@ -412,16 +413,17 @@ class Fleet:
             except TurnoutError as exc:  # never let one pass end the task
                 log.warning("reconciling declared adapters failed: %s", exc.message)
 
-    def _plan(self) -> dict[Replica, list[str]]:
-        """What to load where: pinned adapters on every healthy replica, then ``min_replicas`` ones on the
-        least occupied replicas (a free slot first, then fewest adapters, then least loaded)."""
+    def _plan(self) -> dict[Replica, list[tuple[str, bool]]]:
+        """What to load where, and whether it may evict: pinned adapters on every healthy replica (evicting
+        idle adapters that are not pinned), then ``min_replicas`` ones on the least occupied replicas, into a
+        free slot only: a request may have taken the last one, and a warm copy never pushes it out again."""
         live = [r for r in self._replicas if r.available]
-        plan: dict[Replica, list[str]] = {}
+        plan: dict[Replica, list[tuple[str, bool]]] = {}
         for name, spec in self._adapters.items():
             if spec.pinned:
                 for replica in live:
                     if not replica.adapters.holds(name) and replica.adapters.blocked(name) is None:
-                        plan.setdefault(replica, []).append(name)
+                        plan.setdefault(replica, []).append((name, True))
         for name, spec in self._adapters.items():
             if spec.pinned or not spec.min_replicas:
                 continue
@@ -429,10 +431,12 @@ class Fleet:
             missing = min(spec.min_replicas, len(live)) - len(holders)
             if missing <= 0:
                 continue
-            others = [r for r in live if r not in holders and r.adapters.blocked(name) is None]
-            others.sort(key=lambda r: (not r.adapters.has_free_slot(), r.adapters.occupied(), r.in_flight))
+            others = [
+                r for r in live if r not in holders and r.adapters.blocked(name) is None and r.adapters.has_free_slot()
+            ]
+            others.sort(key=lambda r: (r.adapters.occupied(), r.in_flight))
             for replica in others[:missing]:
-                plan.setdefault(replica, []).append(name)
+                plan.setdefault(replica, []).append((name, False))
         return plan
 
     async def _reconcile(self) -> None:
@@ -440,9 +444,9 @@ class Fleet:
         if not plan:
             return
 
-        async def load(replica: Replica, names: list[str]) -> None:
-            for name in names:  # one at a time: the replica's loads are serialised anyway
-                if await replica.adapters.preload(name):
+        async def load(replica: Replica, names: list[tuple[str, bool]]) -> None:
+            for name, evict in names:  # one at a time: the replica's loads are serialised anyway
+                if await replica.adapters.preload(name, evict=evict):
                     log.info("adapter %s loaded on %s (declared)", name, replica.name)
 
         await asyncio.gather(*(load(replica, names) for replica, names in plan.items()))

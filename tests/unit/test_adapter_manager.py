@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.adapters.manager import AdapterManager, ManagerSettings
+from gateway.adapters.manager import FREE, PINNED, WANTED, AdapterManager, ManagerSettings
 from gateway.config import AdapterConfig
 from gateway.errors import CapacityExhausted, InvalidAdapter, UpstreamError
 from gateway.upstream.client import Upstream, UpstreamSettings
@@ -91,7 +91,7 @@ def _manager(
     capacity_wait_s: float = 5.0,
     evict: bool = True,
     retry_after_s: float = 5.0,
-    keep: Callable[[str], bool] | None = None,
+    keep: Callable[[str], int] | None = None,
 ) -> AdapterManager:
     upstream = Upstream(UpstreamSettings(url, None, connect_timeout_s=2, read_timeout_s=10), session)
     adapters = {n: AdapterConfig(path=_adapter_dir(root, n)) for n in ("a", "b", "c")}
@@ -273,16 +273,27 @@ async def test_without_eviction_nothing_is_ever_unloaded(fake: tuple[FakeLoraApi
         assert manager.can_make_room()
 
 
-async def test_an_adapter_the_fleet_keeps_is_never_evicted(fake: tuple[FakeLoraApi, str], tmp_path: Path) -> None:
+async def test_a_pinned_adapter_is_never_evicted_and_a_wanted_one_only_when_nothing_else_is_idle(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
     api, url = fake
     api.gate.set()
+    need = {"a": PINNED, "b": WANTED}
     async with aiohttp.ClientSession() as session:
-        manager = _manager(url, session, tmp_path, max_resident=2, capacity_wait_s=0, keep=lambda n: n == "a")
-        for name in ("a", "b", "c"):  # c evicts b, the least recently used adapter the fleet does not keep
-            (await manager.acquire(name)).release()
+        manager = _manager(url, session, tmp_path, max_resident=2, capacity_wait_s=0, keep=lambda n: need.get(n, FREE))
+        (await manager.acquire("a")).release()
+        (await manager.acquire("b")).release()
+        assert not await manager.preload("c")  # the fleet's own loads take a free slot or none
+        assert api.loaded == {"a", "b"}
+        (await manager.acquire("c")).release()  # a request is served first: b, only wanted, makes room
         assert api.loaded == {"a", "c"}
         assert ("unload", "a") not in api.calls
-        assert manager.can_make_room()  # c is idle and not kept
+        assert await manager.preload("b", evict=True)  # told to evict: c is idle and not needed
+        assert api.loaded == {"a", "b"}
+        need["b"] = PINNED
+        assert not manager.can_make_room()
+        with pytest.raises(CapacityExhausted, match="busy serving requests \\(or pinned\\)"):
+            await manager.acquire("c")
 
 
 async def test_sync_says_which_adapters_the_server_forgot_and_counts_other_gateways_adapters(

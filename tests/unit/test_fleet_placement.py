@@ -24,8 +24,9 @@ from tests.support.inprocess import (
     gateway_config,
     responses_body,
     serve_gateway,
+    serve_upstream,
 )
-from tests.unit.fleet_support import FAST_HEALTH, NO_PROBES, adapter_state, name_of, replicas, until_admin
+from tests.unit.fleet_support import FAST_HEALTH, NO_PROBES, adapter_state, name_of, replica_row, replicas, until_admin
 
 REPLICA = "x-turnout-replica"
 
@@ -207,3 +208,50 @@ async def test_pinned_and_min_replicas_adapters_are_loaded_at_start_and_after_a_
             assert all(u.unloads == [] for u in upstreams)
             scrape = await gateway.scrape()
             assert scrape.value("turnout_adapter_loads_total", adapter="formal", outcome="success") == 4
+
+
+async def test_a_request_is_served_before_a_warm_copy_is_kept_when_a_replica_is_down(adapter_dir: Path) -> None:
+    """Two slots per replica, formal pinned and terse kept on one replica. With the other replica down,
+    pirate takes terse's slot on the survivor (it is idle); terse is not pushed back in while no slot is free,
+    and it is loaded on the other replica as soon as that one is back."""
+    async with replicas(1) as [a], contextlib.AsyncExitStack() as stopping:
+        b = await stopping.enter_async_context(serve_upstream())
+        port = int(b.url.rsplit(":", 1)[1])
+        config = gateway_config(
+            [a.url, b.url],
+            adapter_dir,
+            ["formal", "terse", "pirate"],
+            vllm={"health": FAST_HEALTH, "max_resident": 2},
+            options={"formal": {"pinned": True}, "terse": {"min_replicas": 1}},
+        )
+        async with serve_gateway(config) as gateway:
+            await until_admin(
+                gateway,
+                lambda s: (
+                    all(adapter_state(s, name_of(u), "formal") == "resident" for u in (a, b))
+                    and adapter_state(s, name_of(a), "terse") == "resident"
+                ),
+                "formal on both, terse on a (its first choice)",
+            )
+            await stopping.aclose()
+            await until_admin(gateway, lambda s: replica_row(s, name_of(b))["health"] == "ejected", "b ejected")  # type: ignore[index]
+            for _ in range(3):
+                response = await gateway.http.post(CHAT, json=chat_body("pirate"))
+                assert response.status_code == 200, response.text
+                assert response.headers[REPLICA] == name_of(a)
+            reads = a.models_reads  # each probe round reads the listing, then reconciles: wait for two passes
+            await a.until(lambda: a.models_reads >= reads + 3, "three probe rounds")
+            assert a.loaded == {"formal", "pirate"}
+            assert a.unloads == ["terse"]
+            assert a.loads.count("terse") == 1, "terse is not pushed back in while there is no free slot"
+
+            async with serve_upstream(FaultyUpstream(), port=port) as again:
+                await until_admin(
+                    gateway,
+                    lambda s: (
+                        adapter_state(s, name_of(again), "formal") == "resident"
+                        and adapter_state(s, name_of(again), "terse") == "resident"
+                    ),
+                    "b back with formal and terse",
+                )
+                assert a.loaded == {"formal", "pirate"}
