@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -37,7 +38,7 @@ from gateway.config import AdapterConfig
 from gateway.config.model import VllmConfig
 from gateway.errors import TurnoutError, UpstreamTimeout, UpstreamUnavailable
 from gateway.fleet.discovery import Resolver, SystemResolver, address_url
-from gateway.fleet.placement import Placement, ResidencyFirst
+from gateway.fleet.placement import Placement, ResidencyFirst, rank
 from gateway.fleet.replica import Replica, replica_name
 from gateway.metrics import Metrics
 from gateway.upstream.client import Upstream, UpstreamSettings
@@ -434,7 +435,8 @@ class Fleet:
             others = [
                 r for r in live if r not in holders and r.adapters.blocked(name) is None and r.adapters.has_free_slot()
             ]
-            others.sort(key=lambda r: (r.adapters.occupied(), r.in_flight))
+            # fewest adapters first, then least loaded, then the adapter's own order (the same on every gateway)
+            others.sort(key=partial(_fill_order, name))
             for replica in others[:missing]:
                 plan.setdefault(replica, []).append((name, False))
         return plan
@@ -470,3 +472,7 @@ class Fleet:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _fill_order(adapter: str, replica: Replica) -> tuple[int, int, int]:
+    return replica.adapters.occupied(), replica.in_flight, -rank(adapter, replica.name)

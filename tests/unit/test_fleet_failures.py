@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gateway.cli import app
+from gateway.fleet.placement import rank
 from tests.support.faulty_upstream import BASE, FaultyUpstream
 from tests.support.inprocess import CHAT, chat_body, events, gateway_config, nowhere, serve_gateway, serve_upstream
 from tests.unit.fleet_support import (
@@ -68,22 +69,31 @@ async def test_a_replica_that_stops_is_ejected_and_returns_when_it_answers_again
 async def test_a_request_to_a_replica_that_refuses_connections_is_served_by_another(
     adapter_dir: Path, stream: bool
 ) -> None:
-    """No probe runs here: the requests alone find the dead replica, fail over, and get it ejected."""
+    """No probe runs after the first: the requests alone find the dead replica, fail over, and get it ejected."""
     async with replicas(1) as [a]:
         dead = nowhere()
+        dead_name = dead.partition("://")[2]
         config = gateway_config([a.url, dead], adapter_dir, ["formal"], vllm={"health": NO_PROBES})
         async with serve_gateway(config) as gateway:
-            for model in [BASE, "formal"] * 3:
-                response = await gateway.http.post(CHAT, json=chat_body(model, stream=stream))
-                assert response.status_code == 200, response.text
-                assert response.headers[REPLICA] == name_of(a)
-                assert "x-turnout-fallback-from" not in response.headers  # the same target, another replica
-            state = await admin(gateway)
-            row = replica_row(state, dead.partition("://")[2])
+            sent = 0
+            while health(await admin(gateway), dead_name) != "ejected":
+                assert sent < 12, "three failures in a row eject it; half the base requests try it first"
+                for model in (BASE, "formal"):
+                    response = await gateway.http.post(CHAT, json=chat_body(model, stream=stream))
+                    sent += 1
+                    assert response.status_code == 200, response.text
+                    assert response.headers[REPLICA] == name_of(a)
+                    assert "x-turnout-fallback-from" not in response.headers  # the same target, another replica
+            row = replica_row(await admin(gateway), dead_name)
             assert row is not None
-            assert row["health"] == "ejected"  # eject_after 3: the first probe at start and two requests
+            assert (row["consecutive_failures"], row["ejections"]) == (3, 1)
             assert "cannot connect" in row["last_error"]
-            assert len(a.seen()) == 6
+            for _ in range(4):  # ejected: not tried any more
+                assert (await gateway.http.post(CHAT, json=chat_body(BASE))).headers[REPLICA] == name_of(a)
+            row = replica_row(await admin(gateway), dead_name)
+            assert row is not None
+            assert row["consecutive_failures"] == 3
+            assert len(a.seen()) == sent + 4
 
 
 async def test_a_replica_that_does_not_answer_in_time_is_left_for_another(adapter_dir: Path) -> None:
@@ -143,36 +153,35 @@ async def test_a_replica_gone_mid_stream_ends_that_stream_with_an_error_and_late
             assert other.loads == ["slow"]  # the first of them found the adapter's replica gone, and loaded it here
 
 
+def preferring(first: str, then: str) -> str:
+    """An adapter name whose own first choice of replica (rendezvous ranking) is ``first``."""
+    return next(f"lora-{n}" for n in range(1000) if rank(f"lora-{n}", first) > rank(f"lora-{n}", then))
+
+
 async def test_a_replica_that_cannot_load_an_adapter_is_marked_and_the_request_is_served_elsewhere(
     adapter_dir: Path, tmp_path: Path
 ) -> None:
     async with replicas(2) as [a, b]:
-        a.refuse_loads.add("formal")
-        config = gateway_config([a.url, b.url], adapter_dir, ["formal"], vllm={"health": NO_PROBES})
+        adapter = preferring(name_of(a), name_of(b))  # so the first request tries a
+        a.refuse_loads.add(adapter)
+        config = gateway_config([a.url, b.url], adapter_dir, [adapter], vllm={"health": NO_PROBES})
         async with serve_gateway(config) as gateway:
-            # the first request may go to either; sent twice, one of them certainly tries a first
-            for _ in range(2):
-                response = await gateway.http.post(CHAT, json=chat_body("formal"))
+            for _ in range(3):
+                response = await gateway.http.post(CHAT, json=chat_body(adapter))
                 assert response.status_code == 200, response.text
                 assert response.headers[REPLICA] == name_of(b)
-            await gateway.http.post(CHAT, json=chat_body(BASE))  # takes a's turn, if it was not tried yet
-            response = await gateway.http.post(CHAT, json=chat_body("formal"))
-            assert response.headers[REPLICA] == name_of(b)
-            assert a.loads == ["formal"], "tried once on a, then not again during its back-off"
+                assert "x-turnout-fallback-from" not in response.headers
+            assert a.loads == [adapter], "tried once on a, then not again during its back-off"
+            assert b.loads == [adapter]
             state = await admin(gateway)
-            assert adapter_state(state, name_of(a), "formal") == "failed"
-            [row] = [r for r in replica_row(state, name_of(a))["adapters"] if r["name"] == "formal"]  # type: ignore[index]
+            assert adapter_state(state, name_of(a), adapter) == "failed"
+            [row] = [r for r in replica_row(state, name_of(a))["adapters"] if r["name"] == adapter]  # type: ignore[index]
             assert "loading the adapter crashed" in row["failed"]["reason"]  # vLLM's own words
             assert row["failed"]["retry_in_s"] > 0
             scrape = await gateway.scrape()
-            assert (
-                scrape.value("turnout_adapter_loads_total", adapter="formal", replica=name_of(a), outcome="failure")
-                == 1
-            )
-            assert (
-                scrape.value("turnout_adapter_loads_total", adapter="formal", replica=name_of(b), outcome="success")
-                == 1
-            )
+            failed = scrape.value("turnout_adapter_loads_total", adapter=adapter, replica=name_of(a), outcome="failure")
+            loaded = scrape.value("turnout_adapter_loads_total", adapter=adapter, replica=name_of(b), outcome="success")
+            assert (failed, loaded) == (1, 1)
 
             # the command line says the same, through the running gateway
             path = tmp_path / "turnout.yaml"
@@ -180,10 +189,10 @@ async def test_a_replica_that_cannot_load_an_adapter_is_marked_and_the_request_i
             table = await asyncio.to_thread(_status, str(path), gateway.url)
             assert table.exit_code == 1, table.output
             lines = {line.split()[0]: line for line in table.stdout.splitlines()[1:] if line.split()}
-            assert "formal=failed" in lines[name_of(a)]
-            assert "formal=resident" in lines[name_of(b)]
+            assert f"{adapter}=failed" in lines[name_of(a)]
+            assert f"{adapter}=resident" in lines[name_of(b)]
             assert "loading the adapter crashed" in table.stdout
-            assert f"failed to load: formal@{name_of(a)}" in table.stderr
+            assert f"failed to load: {adapter}@{name_of(a)}" in table.stderr
             as_json = await asyncio.to_thread(_status, str(path), gateway.url, "--json")
             assert json.loads(as_json.stdout)["replicas"][0]["replica"] == name_of(a)
 
