@@ -117,3 +117,10 @@ def test_as_many_pinned_adapters_as_slots_are_fine_and_vllm_eviction_has_no_such
     adapters = {"a": {"path": "a", "pinned": True}, "b": {"path": "b", "pinned": True}}
     load_config(_write(tmp_path, {"vllm": {"model": "m", "max_resident": 2}, "adapters": adapters}))
     load_config(_write(tmp_path, {"vllm": {"model": "m", "max_resident": 1, "eviction": "vllm"}, "adapters": adapters}))
+
+
+def test_the_fleet_demo_configuration_is_valid_and_declares_what_the_demo_shows() -> None:
+    config = load_config(Path(__file__).resolve().parents[2] / "examples" / "fleet.yaml")
+    assert config.vllm.static_urls == ["http://127.0.0.1:8000", "http://127.0.0.1:8001"]
+    assert [name for name, spec in config.adapters.items() if spec.pinned] == ["formal"]
+    assert config.adapters["terse"].min_replicas == 1
