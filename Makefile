@@ -71,6 +71,11 @@ bench-tools:
 bench-overhead: install bench-tools
 	$(BIN)/python bench/overhead/run.py
 
+# Residency-first replica choice against round-robin, on two real vLLM replicas started for it (about 10 minutes
+# on 2 cores): latency and adapter loads per replica, side by side.
+bench-fleet: install assets
+	$(BIN)/python bench/fleet.py
+
 # What each gateway adds per request (upstream directly, bare pass-through, Turnout, LiteLLM proxy), side by
 # side, then the routing, retrieval and adapter-load benchmarks against real vLLM.
 bench: install assets bench-tools
