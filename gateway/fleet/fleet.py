@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -98,7 +98,8 @@ class Fleet:
             if len(self._replicas) == 1:
                 self._single = self._replicas[0]
         else:
-            await self._discover()
+            with _surviving(f"discovering the replicas of {discovery.dns}"):
+                await self._discover()
         results = await asyncio.gather(*(r.adapters.sync() for r in self._replicas), return_exceptions=True)
         for replica, result in zip(self._replicas, results, strict=True):
             if isinstance(result, TurnoutError):
@@ -195,7 +196,7 @@ class Fleet:
 
     def resident_on(self, name: str) -> list[str]:
         """The replicas (names) where ``name`` is loaded."""
-        return [r.name for r in self._replicas if not r.draining and r.adapters.is_resident(name)]
+        return [r.name for r in self._replicas if r.available and r.adapters.is_resident(name)]
 
     def snapshot(self) -> dict[str, Any]:
         """``/admin/adapters``: per replica its health, load and adapters; per adapter, the whole fleet."""
@@ -355,9 +356,10 @@ class Fleet:
     async def _probing(self) -> None:
         interval = self.config.health.interval_s
         while True:
-            await asyncio.gather(*(self._probe(r) for r in list(self._replicas) if not r.draining))
-            if self._declares_state():
-                self._reconcile_soon()  # also retries loads whose back-off has passed
+            with _surviving("probing the replicas"):
+                await asyncio.gather(*(self._probe(r) for r in list(self._replicas) if not r.draining))
+                if self._declares_state():
+                    self._reconcile_soon()  # also retries loads whose back-off has passed
             await asyncio.sleep(interval)
 
     async def _probe(self, replica: Replica) -> None:
@@ -395,7 +397,8 @@ class Fleet:
         assert discovery is not None
         while True:
             await asyncio.sleep(discovery.interval_s)
-            await self._discover()
+            with _surviving(f"discovering the replicas of {discovery.dns}"):
+                await self._discover()
 
     # -- declared state ---------------------------------------------------------------------------
 
@@ -409,10 +412,8 @@ class Fleet:
         while True:
             await self._reconcile_wanted.wait()
             self._reconcile_wanted.clear()
-            try:
+            with _surviving("reconciling declared adapters"):
                 await self._reconcile()
-            except TurnoutError as exc:  # never let one pass end the task
-                log.warning("reconciling declared adapters failed: %s", exc.message)
 
     def _plan(self) -> dict[Replica, list[tuple[str, bool]]]:
         """What to load where, and whether it may evict: pinned adapters on every healthy replica (evicting
@@ -476,3 +477,14 @@ class Fleet:
 
 def _fill_order(adapter: str, replica: Replica) -> tuple[int, int, int]:
     return replica.adapters.occupied(), replica.in_flight, -rank(adapter, replica.name)
+
+
+@contextlib.contextmanager
+def _surviving(doing: str) -> Iterator[None]:
+    """One round of background work that fails is logged, and the next round runs: a failure never ends it."""
+    try:
+        yield
+    except TurnoutError as exc:
+        log.warning("%s failed: %s", doing, exc.message)
+    except Exception:
+        log.exception("%s failed", doing)

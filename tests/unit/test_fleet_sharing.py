@@ -114,6 +114,36 @@ async def test_replicas_found_by_dns_join_get_their_pinned_adapters_and_leave_af
         assert b.unloads == []
 
 
+class BreakingResolver(AnsweringResolver):
+    """Fails in a way no resolver should (a bug), a few times, then answers."""
+
+    def __init__(self, name: str, addresses: list[str], breaks: int) -> None:
+        super().__init__(name, addresses)
+        self.breaks = breaks
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        if self.breaks:
+            self.breaks -= 1
+            raise RuntimeError("the resolver broke")
+        return await super().resolve(host, port)
+
+
+async def test_discovery_that_breaks_unexpectedly_goes_on(adapter_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with replicas(1) as [upstream]:
+        host, port = name_of(upstream).split(":")
+        resolver = BreakingResolver(DNS, [host], breaks=3)
+        config = gateway_config(
+            None, adapter_dir, vllm={"discovery": {"dns": DNS, "port": int(port), "interval_s": 0.05}}
+        )
+        async with serve_gateway(config, resolver=resolver) as gateway:
+            await until_admin(gateway, lambda s: listed(s) == {name_of(upstream): "healthy"}, "found after all")
+            response = await gateway.http.post(CHAT, json=chat_body(BASE))
+            assert response.headers[REPLICA] == name_of(upstream)
+        assert resolver.breaks == 0
+        assert f"discovering the replicas of {DNS} failed" in caplog.text
+        assert "RuntimeError: the resolver broke" in caplog.text
+
+
 async def test_the_system_resolver_reads_the_hosts_file() -> None:
     assert "127.0.0.1" in await SystemResolver().resolve("localhost", 8000)
     with pytest.raises(socket.gaierror):
