@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install tools bench-tools vllm-env assets demo test lint typecheck unit e2e bench bench-overhead clean
+.PHONY: install tools bench-tools vllm-env assets demo demo-fleet test lint typecheck unit e2e bench bench-overhead \
+	bench-fleet clean
 
 install: $(STAMP)
 
@@ -35,6 +36,10 @@ assets: vllm-env
 
 demo: install assets
 	$(BIN)/python deploy/local/demo.py
+
+# Two vLLM replicas (ports 8000 and 8001) behind one gateway, with examples/fleet.yaml.
+demo-fleet: install assets
+	$(BIN)/python deploy/local/demo.py --fleet
 
 lint: install
 	$(BIN)/ruff check .
@@ -65,6 +70,11 @@ bench-tools:
 # the first time to build the LiteLLM proxy venv).
 bench-overhead: install bench-tools
 	$(BIN)/python bench/overhead/run.py
+
+# Residency-first replica choice against round-robin, on two real vLLM replicas started for it (about 10 minutes
+# on 2 cores): latency and adapter loads per replica, side by side.
+bench-fleet: install assets
+	$(BIN)/python bench/fleet.py
 
 # What each gateway adds per request (upstream directly, bare pass-through, Turnout, LiteLLM proxy), side by
 # side, then the routing, retrieval and adapter-load benchmarks against real vLLM.

@@ -26,6 +26,8 @@ from gateway.api.pipeline import RequestIds
 from gateway.components import Components, build_components
 from gateway.config import TurnoutConfig
 from gateway.errors import TurnoutError
+from gateway.fleet.discovery import Resolver
+from gateway.fleet.placement import Placement
 
 log = logging.getLogger("turnout")
 
@@ -46,16 +48,23 @@ def create_api(ids: RequestIds) -> FastAPI:
     return api
 
 
-def create_asgi_app(config: TurnoutConfig, config_path: Path | None = None) -> Router:
+def create_asgi_app(
+    config: TurnoutConfig,
+    config_path: Path | None = None,
+    *,
+    resolver: Resolver | None = None,
+    placement: Placement | None = None,
+) -> Router:
     """What the server runs: the completion routes first (see :mod:`gateway.api.completions` for why they
-    are not FastAPI routes), then everything else in the FastAPI app."""
+    are not FastAPI routes), then everything else in the FastAPI app. ``resolver`` and ``placement``: see
+    :func:`gateway.components.build_components`."""
     ids = RequestIds()
     api = create_api(ids)
 
     @asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[dict[str, Components]]:
         async with AsyncExitStack() as stack:
-            components = await build_components(config, config_path, stack)
+            components = await build_components(config, config_path, stack, resolver=resolver, placement=placement)
             # Everything built so far lives as long as the process: move it out of the collector's sight,
             # so a full collection under load scans the requests' garbage, not the whole heap (it
             # otherwise stalls every request in flight for 100-200 ms on this kind of machine).

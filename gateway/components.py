@@ -26,7 +26,7 @@ import aiohttp
 from gateway.accounting.ledger import Accounting
 from gateway.accounting.prices import PriceBook
 from gateway.accounting.usage import TokenCounter
-from gateway.adapters.manager import AdapterManager, ManagerSettings
+from gateway.adapters.manager import ManagerSettings
 from gateway.adapters.validation import BaseModelFacts
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, TurnoutConfig, load_config
@@ -35,10 +35,12 @@ from gateway.dispatch.embeddings import EmbeddingService
 from gateway.dispatch.openai_backend import OpenAIBackend
 from gateway.dispatch.service import CompletionService
 from gateway.embeddings import Embedder, EmbedderError
-from gateway.errors import ConfigRejected, TurnoutError
+from gateway.errors import ConfigRejected
+from gateway.fleet.discovery import Resolver
+from gateway.fleet.fleet import Fleet
+from gateway.fleet.placement import Placement
 from gateway.metrics import Metrics
 from gateway.routing_state import build_routing_table, openai_models, policies_use_intents, policies_use_openai
-from gateway.upstream.client import Upstream, UpstreamSettings
 from routing import RoutingTable, TargetKind
 
 if TYPE_CHECKING:  # the vector store client is imported only when retrieval is configured
@@ -74,8 +76,7 @@ class Components:
         self,
         config: TurnoutConfig,
         config_path: Path | None,
-        upstream: Upstream,
-        adapters: AdapterManager,
+        fleet: Fleet,
         service: CompletionService,
         store: VectorStore | None,
         ingestor: Ingestor | None,
@@ -84,8 +85,7 @@ class Components:
     ) -> None:
         self.config = config
         self.config_path = config_path
-        self.upstream = upstream
-        self.adapters = adapters
+        self.fleet = fleet
         self.service = service
         self.store = store
         self.ingestor = ingestor
@@ -146,7 +146,7 @@ class Components:
             if embedder is not None and embedder is not self.service.embedder:
                 embedder.close()  # loaded for this reload only
             raise ConfigRejected(f"configuration not reloaded: {self.config_path}: {exc}") from exc
-        self.adapters.update(new.adapters)
+        self.fleet.update(new.adapters)
         self.metrics.declare(new.adapters, new.rag.collections)
         if self._rag_backend is not None:
             self._rag_backend.use_collections(new.rag.collections)
@@ -184,7 +184,17 @@ async def _embedder_for(config: TurnoutConfig, current: Embedder | None, metrics
     return embedder
 
 
-async def build_components(config: TurnoutConfig, config_path: Path | None, stack: AsyncExitStack) -> Components:
+async def build_components(
+    config: TurnoutConfig,
+    config_path: Path | None,
+    stack: AsyncExitStack,
+    *,
+    resolver: Resolver | None = None,
+    placement: Placement | None = None,
+) -> Components:
+    """Everything the app serves with. ``resolver`` and ``placement`` replace the system's DNS resolver and the
+    residency-first choice of replicas (tests point discovery at names of their own; the fleet benchmark
+    measures round-robin choice against the real rule)."""
     vllm = config.vllm
     metrics = Metrics()
     metrics.declare(config.adapters, config.rag.collections)
@@ -192,32 +202,17 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
     session = await stack.enter_async_context(
         aiohttp.ClientSession(connector=connector, auto_decompress=False, raise_for_status=False)
     )
-    upstream = Upstream(
-        UpstreamSettings(
-            url=vllm.url,
-            api_key=vllm.api_key.get_secret_value() if vllm.api_key else None,
-            connect_timeout_s=vllm.connect_timeout_s,
-            read_timeout_s=vllm.read_timeout_s,
-        ),
-        session,
+    settings = ManagerSettings(
+        max_rank=vllm.max_lora_rank,
+        max_resident=vllm.max_resident,
+        load_timeout_s=vllm.adapter_load_timeout_s,
+        capacity_wait_s=vllm.capacity_wait_s,
+        base=base_model_facts(config),
+        evict=vllm.eviction == "gateway",
     )
-    adapters = AdapterManager(
-        upstream,
-        config.adapters,
-        ManagerSettings(
-            max_rank=vllm.max_lora_rank,
-            max_resident=vllm.max_resident,
-            load_timeout_s=vllm.adapter_load_timeout_s,
-            capacity_wait_s=vllm.capacity_wait_s,
-            base=base_model_facts(config),
-        ),
-        metrics,
-    )
-    try:
-        await adapters.sync()
-    except TurnoutError as exc:
-        # Not fatal: vLLM may start after the gateway; residency is learnt on first use then.
-        log.warning("could not read vLLM's adapters at start-up: %s", exc.message)
+    fleet = Fleet(vllm, config.adapters, settings, session, metrics, resolver=resolver, placement=placement)
+    stack.push_async_callback(fleet.aclose)  # its background tasks stop before the session closes
+    await fleet.start()
     try:
         embedder = await _embedder_for(config, None, metrics)
     except EmbedderError as exc:
@@ -229,7 +224,7 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
     if not prices.self_hosted_priced:
         log.warning("costs.vllm.gpu_hour_usd is 0: requests served by vLLM are costed at $0")
     table = await build_routing_table(config, embedder)
-    vllm_backend = VllmBackend(upstream, adapters)
+    vllm_backend = VllmBackend(fleet)
     openai_backend = OpenAIBackend(config.openai)
     if policies_use_openai(config):
         # litellm takes seconds to import: at start-up, off the event loop, not on the first request
@@ -258,6 +253,6 @@ async def build_components(config: TurnoutConfig, config_path: Path | None, stac
         TokenCounter, tokenizer, openai_backend.count_tokens if policies_use_openai(config) else None
     )
     service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter))
-    components = Components(config, config_path, upstream, adapters, service, store, ingestor, metrics, rag_backend)
+    components = Components(config, config_path, fleet, service, store, ingestor, metrics, rag_backend)
     stack.push_async_callback(components.aclose)
     return components

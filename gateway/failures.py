@@ -78,6 +78,8 @@ _RULES: dict[Boundary, dict[str, _Rule | tuple[_Rule, ...]]] = {
         "aiohttp.ServerDisconnectedError": _Rule(_UNAVAILABLE, "{subject} closed the connection"),
         "aiohttp.ClientConnectorError": _Rule(_UNAVAILABLE, "cannot connect to {subject}"),
         "aiohttp.ConnectionTimeoutError": _Rule(_UNAVAILABLE, "cannot connect to {subject}"),
+        # the connection was reset before an answer came (a server going down): it cannot be reached
+        "aiohttp.ClientOSError": _Rule(_UNAVAILABLE, "{subject} reset the connection ({detail})"),
         "builtins.TimeoutError": _Rule(_TIMEOUT, "{subject} did not answer in time"),
         "aiohttp.ClientError": _Rule(_ERROR, "{subject} request failed: {cls}"),
     },

@@ -9,14 +9,21 @@ a request costs a few dictionary hits and observations, not a label resolution p
 
 One process per container: every figure here (and the adapter residency it reports) belongs to the
 process that serves it; scale by running more replicas, each scraped on its own.
+
+vLLM replicas are a label too (``replica``: the host:port of a configured or discovered replica), bounded
+because a replica that leaves the set takes its series with it. Requests in flight and health per replica
+are read from the fleet when scraped (:meth:`Metrics.watch_replicas`), so the hot path pays nothing for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 NO_POLICY = "none"  # the policy label of requests that never reached a configured model
 NO_ROUTE = "none"  # route kind and target of requests refused before routing
@@ -25,6 +32,42 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _RETRIEVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_LOAD_OUTCOMES = ("success", "failure", "no_capacity")
+
+# What the fleet says of each replica when scraped: its name, requests in flight, healthy or not.
+ReplicaFigures = Callable[[], Iterable[tuple[str, int, bool]]]
+
+
+class _ReplicaGauges(Collector):
+    """``turnout_replica_in_flight_requests`` and ``turnout_replica_healthy``, read from the fleet when scraped."""
+
+    def __init__(self) -> None:
+        self.source: ReplicaFigures | None = None
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "turnout_replica_in_flight_requests",
+                "Requests this gateway has open on a vLLM replica now (streams until their last byte).",
+                labels=["replica"],
+            ),
+            GaugeMetricFamily(
+                "turnout_replica_healthy",
+                "1 while a vLLM replica is chosen for requests, 0 while it is ejected or draining.",
+                labels=["replica"],
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight, healthy = self._families()
+        for name, open_requests, up in self.source() if self.source is not None else ():
+            in_flight.add_metric([name], open_requests)
+            healthy.add_metric([name], 1 if up else 0)
+        yield in_flight
+        yield healthy
 
 
 class RouteSeries:
@@ -185,8 +228,8 @@ class Metrics:
         )
         self.adapter_loads = Counter(
             "turnout_adapter_loads",
-            "Adapter loads by outcome (success, failure).",
-            ["adapter", "outcome"],
+            "Adapter loads by outcome (success, failure, no_capacity) and vLLM replica.",
+            ["adapter", "outcome", "replica"],
             registry=r,
         )
         self.adapter_unloads = Counter(
@@ -204,10 +247,25 @@ class Metrics:
         )
         self.adapter_resident = Gauge(
             "turnout_adapter_resident",
-            "1 while the adapter is loaded in vLLM, else 0.",
-            ["adapter"],
+            "1 while the adapter is loaded on the vLLM replica, else 0.",
+            ["adapter", "replica"],
             registry=r,
         )
+
+        # vLLM replicas.
+        self.replica_ejections = Counter(
+            "turnout_replica_ejections",
+            "vLLM replicas ejected after vllm.health.eject_after consecutive failures (probes or requests).",
+            ["replica"],
+            registry=r,
+        )
+        self.discovery_failures = Counter(
+            "turnout_discovery_failures",
+            "DNS resolutions of vllm.discovery.dns that failed; the replicas last known were kept.",
+            registry=r,
+        )
+        self._replica_gauges = _ReplicaGauges()
+        r.register(self._replica_gauges)
 
         self.build_info = Gauge("turnout_build_info", "The running Turnout version.", ["version"], registry=r)
         self.build_info.labels(_version()).set(1)
@@ -216,14 +274,35 @@ class Metrics:
         """Create the series of every configured adapter and collection at zero, so that ``rate()`` and
         ``increase()`` see their first event (a series born at 1 has no increase to show)."""
         for name in adapters:
-            for outcome in ("success", "failure", "no_capacity"):
-                self.adapter_loads.labels(name, outcome)
             self.adapter_evictions.labels(name)
             for reason in ("eviction", "removed"):
                 self.adapter_unloads.labels(name, reason)
         for name in collections:
             self.retrieval_empty.labels(name)
             self.retrieval_degraded.labels(name)
+
+    def declare_replica(self, replica: str, adapters: Iterable[str]) -> None:
+        """Create a replica's series at zero (see :meth:`declare`): its ejections, and each adapter's loads and
+        residency on it."""
+        self.replica_ejections.labels(replica)
+        for name in adapters:
+            for outcome in _LOAD_OUTCOMES:
+                self.adapter_loads.labels(name, outcome, replica)
+            self.adapter_resident.labels(name, replica)
+
+    def forget_replica(self, replica: str, adapters: Iterable[str]) -> None:
+        """Drop the series of a replica that left the set, so the label stays bounded as replicas come and go."""
+        for metric, labels in [(self.replica_ejections, (replica,))] + [
+            (metric, (name, *extra, replica))
+            for name in adapters
+            for metric, extra in [(self.adapter_resident, ())] + [(self.adapter_loads, (o,)) for o in _LOAD_OUTCOMES]
+        ]:
+            with contextlib.suppress(KeyError):  # never created
+                metric.remove(*labels)
+
+    def watch_replicas(self, source: ReplicaFigures) -> None:
+        """Read each replica's requests in flight and health from ``source`` whenever metrics are scraped."""
+        self._replica_gauges.source = source
 
     def decision(self, policy: str, rule: str) -> Counter:
         """The decisions counter of (policy, rule), resolved once."""

@@ -1,22 +1,27 @@
 """Run the whole local stack: a real vLLM server and the Turnout gateway in front of it.
 
-    python deploy/local/demo.py
+    python deploy/local/demo.py            # make demo
+    python deploy/local/demo.py --fleet    # make demo-fleet
 
 Run it with the gateway's Python (the one with Turnout installed). It builds
 or reuses the vLLM venv and the tiny model with its adapters, starts vLLM on
 127.0.0.1:8000 and the gateway on 127.0.0.1:8080 (``examples/demo.yaml``),
 prints requests to try (the README's Quickstart examples), and keeps both running until Ctrl-C or
-SIGTERM.
-If either server dies, the other is stopped and the demo exits non-zero with
+SIGTERM. With ``--fleet`` it starts two vLLM replicas instead (8000 and 8001, both at once) and serves
+``examples/fleet.yaml`` (one gateway in front of both, an adapter pinned on every replica), with
+requests to try that show which replica answered.
+If a server dies, the others are stopped and the demo exits non-zero with
 the end of the dead server's log. Logs are in ``.turnout/logs/``.
 """
 
 from __future__ import annotations
 
+import argparse
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from localstack import (
@@ -33,8 +38,10 @@ from localstack import (
 from readme_examples import examples
 
 VLLM_PORT = 8000
+FLEET_PORTS = (8000, 8001)
 GATEWAY_URL = "http://127.0.0.1:8080"
 GATEWAY_CONFIG = "examples/demo.yaml"
+FLEET_CONFIG = "examples/fleet.yaml"
 BASE_MODEL = "tiny-llama"
 # The same model under an OpenAI fine-tune id, so the demo config can route the
 # "openai" target through litellm to a real OpenAI-compatible server.
@@ -63,41 +70,89 @@ def _banner() -> str:
     return "\n".join(parts)
 
 
+def _fleet_banner() -> str:
+    """What to try on the fleet demo: which replica answered, where the adapters are, a replica going away."""
+    chat = (
+        f"curl -si {GATEWAY_URL}/v1/chat/completions -H 'content-type: application/json' \\\n"
+        """  -d '{"model": "%s", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}' """
+        "| grep -i '^x-turnout-replica'"
+    )
+    return "\n".join(
+        [
+            "",
+            "Turnout is running in front of two vLLM replicas. In another terminal, from this directory:",
+            "source .venv/bin/activate",
+            "",
+            "# formal is pinned: loaded on both replicas at start; requests go to the least loaded of them",
+            chat % "formal",
+            "# pirate is loaded on first use, on one replica, and its requests keep going there",
+            chat % "pirate",
+            chat % "pirate",
+            "",
+            "# the gateway's view: per replica its health, requests in flight, and each adapter's state",
+            f"turnout adapters status --config {FLEET_CONFIG}",
+            f"curl -s {GATEWAY_URL}/metrics | grep -E '^turnout_(replica|adapter_resident)'",
+            "",
+            "# stop the replica on 8001 (its process group) and requests go on on the other one; start",
+            "# it again (in its own terminal) and formal is loaded on it again, without any request:",
+            f"kill -- -$(cat {LOG_DIR / 'vllm-8001.pid'})",
+            "python deploy/local/localstack.py 8001",
+            "",
+            f"Logs: {LOG_DIR}. Ctrl-C stops every server.",
+        ]
+    )
+
+
 def _say(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
+def _vllm(python: Path, assets: Path, port: int, log: str) -> VllmServer:
+    return VllmServer(
+        python=python,
+        model_dir=assets / "model",
+        port=port,
+        served_model_name=BASE_MODEL,
+        log_path=LOG_DIR / log,
+        max_lora_rank=8,
+        max_loras=2,
+        extra_served_names=[FINE_TUNE_ALIAS],
+    )
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the local demo stack.")
+    parser.add_argument("--fleet", action="store_true", help="two vLLM replicas behind the gateway (fleet.yaml)")
+    fleet = parser.parse_args().fleet
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
 
-    vllm: VllmServer | None = None
+    servers: list[VllmServer] = []
     gateway: subprocess.Popen[bytes] | None = None
     gateway_log = LOG_DIR / "gateway.log"
+    config = FLEET_CONFIG if fleet else GATEWAY_CONFIG
     try:
         _say("preparing the vLLM environment (the first run installs it: several minutes)")
         python = ensure_vllm_env()
         _say("preparing the tiny model and adapters")
         assets = ensure_assets()
 
-        vllm = VllmServer(
-            python=python,
-            model_dir=assets / "model",
-            port=VLLM_PORT,
-            served_model_name=BASE_MODEL,
-            log_path=LOG_DIR / "vllm.log",
-            max_lora_rank=8,
-            max_loras=2,
-            extra_served_names=[FINE_TUNE_ALIAS],
-        )
-        _say(f"starting vLLM on {vllm.url} (about a minute; log {vllm.log_path})")
-        vllm.start()
-        waited = vllm.wait_ready(timeout=300.0)
-        _say(f"vLLM ready after {waited:.0f} s")
+        if fleet:
+            servers = [_vllm(python, assets, port, f"vllm-{port}.log") for port in FLEET_PORTS]
+        else:
+            servers = [_vllm(python, assets, VLLM_PORT, "vllm.log")]
+        for server in servers:  # all at once: each takes about a minute, mostly imports
+            _say(f"starting vLLM on {server.url} (about a minute; log {server.log_path})")
+            server.start()
+            if fleet:  # the process group to stop one replica by hand (see the banner)
+                (LOG_DIR / f"vllm-{server.port}.pid").write_text(f"{server.pid}\n")
+        for server in servers:
+            waited = server.wait_ready(timeout=300.0)
+            _say(f"vLLM on {server.url} ready after {waited:.0f} s")
 
-        _say(f"starting the gateway on {GATEWAY_URL} (log {gateway_log})")
+        _say(f"starting the gateway on {GATEWAY_URL} with {config} (log {gateway_log})")
         gateway = start_process_group(
-            [sys.executable, "-m", "gateway", "serve", "--config", GATEWAY_CONFIG],
+            [sys.executable, "-m", "gateway", "serve", "--config", config],
             gateway_log,
             cwd=REPO_ROOT,
         )
@@ -110,34 +165,38 @@ def main() -> int:
         )
         _say(f"gateway ready after {waited:.0f} s")
 
-        _say("ingesting the sample handbook (examples/corpus) into the 'handbook' collection")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "rag",
-                "ingest",
-                "handbook",
-                "examples/corpus",
-                "--config",
-                GATEWAY_CONFIG,
-                "--gateway",
-                GATEWAY_URL,
-            ],
-            cwd=REPO_ROOT,
-            check=True,
-        )
+        if not fleet:
+            _say("ingesting the sample handbook (examples/corpus) into the 'handbook' collection")
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "rag",
+                    "ingest",
+                    "handbook",
+                    "examples/corpus",
+                    "--config",
+                    GATEWAY_CONFIG,
+                    "--gateway",
+                    GATEWAY_URL,
+                ],
+                cwd=REPO_ROOT,
+                check=True,
+            )
 
-        print(_banner(), flush=True)
+        print(_fleet_banner() if fleet else _banner(), flush=True)
 
         while True:
             if gateway.poll() is not None:
                 raise LocalStackError(
                     f"the gateway exited with code {gateway.returncode}; last log lines:\n{log_tail(gateway_log)}"
                 )
-            if not vllm.is_running():
-                raise LocalStackError(f"vLLM exited; last log lines:\n{log_tail(vllm.log_path)}")
+            for server in servers:
+                if not fleet and not server.is_running():
+                    raise LocalStackError(f"vLLM exited; last log lines:\n{log_tail(server.log_path)}")
+            if fleet and not any(server.is_running() for server in servers):
+                raise LocalStackError("every vLLM replica exited; see " + ", ".join(str(s.log_path) for s in servers))
             time.sleep(0.5)
     except _Stop as stop:
         _say(f"{stop.args[0]} received, stopping")
@@ -151,8 +210,8 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if gateway is not None:
             stop_process_group(gateway)
-        if vllm is not None:
-            vllm.stop()
+        for server in servers:
+            server.stop()
         _say("stopped")
 
 

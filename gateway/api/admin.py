@@ -13,11 +13,8 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(admin_identity)])
 
 @router.get("/adapters")
 async def adapters(parts: ComponentsDep) -> dict[str, Any]:
-    return {
-        "upstream": parts.upstream.url,
-        "max_resident": parts.config.vllm.max_resident,
-        "adapters": parts.adapters.snapshot(),
-    }
+    """Per vLLM replica: health, requests in flight, and each adapter resident, loading or failed (why)."""
+    return parts.fleet.snapshot()
 
 
 @router.post("/reload")

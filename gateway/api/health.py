@@ -7,11 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from gateway.api.deps import ComponentsDep
-from gateway.errors import TurnoutError, UpstreamUnavailable
+from gateway.errors import UpstreamUnavailable
 
 router = APIRouter()
-
-_READY_TIMEOUT_S = 3.0
 
 
 @router.get("/health")
@@ -21,11 +19,9 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(parts: ComponentsDep) -> dict[str, Any]:
-    upstream = parts.upstream
-    try:
-        status, _ = await upstream.request("GET", "/health", timeout_s=_READY_TIMEOUT_S)
-    except TurnoutError as exc:
-        raise UpstreamUnavailable(f"not ready: vLLM at {upstream.url} does not answer ({exc.message})") from exc
-    if status != 200:
-        raise UpstreamUnavailable(f"not ready: vLLM at {upstream.url} answered /health with {status}")
-    return {"status": "ready", "upstreams": {"vllm": "ok"}}
+    """Ready while at least one vLLM replica answers its ``/health`` now."""
+    answers = await parts.fleet.ready()
+    if not any(answer == "ok" for answer in answers.values()):
+        said = "; ".join(f"{name}: {answer}" for name, answer in answers.items()) or "no replica is known"
+        raise UpstreamUnavailable(f"not ready: no vLLM replica answers ({said}; {parts.config.vllm.describe()})")
+    return {"status": "ready", "upstreams": {"vllm": "ok"}, "replicas": answers}

@@ -30,7 +30,9 @@ def model_cards(parts: Components) -> list[dict[str, Any]]:
             info = {"kind": entry.kind.value, "upstream": entry.name}
             if entry.kind is TargetKind.ADAPTER:
                 info["base"] = config.base_model_name
-                info["resident"] = parts.adapters.is_resident(name)
+                resident_on = parts.fleet.resident_on(name)
+                info["resident"] = bool(resident_on)
+                info["replicas"] = resident_on
                 info["description"] = config.adapters[name].description
         cards.append(
             {"id": name, "object": "model", "created": parts.started_at, "owned_by": "turnout", "turnout": info}

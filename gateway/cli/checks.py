@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import ConfigOption, HttpError, JsonClient, Unreachable, group, load_or_exit
+from gateway.cli.common import ConfigOption, HttpError, JsonClient, Unreachable, fail, group, load_or_exit
 from gateway.config import TurnoutConfig
 
 config_app = group("Check the configuration file and print its schema.")
-adapters_app = group("LoRA adapters: declared, valid, resident.")
+adapters_app = group("LoRA adapters: declared, valid, resident; and the gateway's view of its vLLM replicas.")
 INVALID_ADAPTER = 1
+NOT_AS_DECLARED = 1
 
 
 @config_app.command("schema")
@@ -40,7 +43,7 @@ def config_check(file: Annotated[Path, typer.Argument(metavar="FILE", help="The 
     if problems:
         raise typer.Exit(INVALID_ADAPTER)
     typer.echo(
-        f"{file}: OK: base model {settings.base_model_name!r} on {settings.vllm.url}, "
+        f"{file}: OK: base model {settings.base_model_name!r} on {settings.vllm.describe()}, "
         f"{len(settings.adapters)} adapter(s)"
     )
 
@@ -52,20 +55,27 @@ def adapters_list(
 ) -> None:
     """The declared adapters: whether each is valid, and whether vLLM holds it now.
 
-    Residency is asked of vLLM (vllm.url); when it does not answer, it is shown as unknown.
+    Residency is asked of every vLLM replica (vllm.url, vllm.replicas, or the addresses vllm.discovery.dns
+    resolves to); an adapter is resident when one of them lists it, and unknown when none answers.
 
     Exit status: 0 when every adapter is valid, 1 when one is not (the table, or the JSON, says which
     and why), 2 when the configuration cannot be used.
     """
     settings = load_or_exit(config)
-    resident = _resident_on_vllm(settings)
+    listings = _listings(settings)
+    answered = [names for names in listings.values() if names is not None]
+    resident = set().union(*answered) if answered else None
     rows = _adapter_rows(settings, resident)
+    for row in rows:
+        row["replicas"] = [replica for replica, names in listings.items() if names is not None and row["name"] in names]
     invalid = [row["name"] for row in rows if row["problem"]]
     if as_json:
-        typer.echo(json.dumps({"vllm": settings.vllm.url, "reachable": resident is not None, "adapters": rows}))
+        reachable = {replica: names is not None for replica, names in listings.items()}
+        document = {"vllm": settings.vllm.describe(), "reachable": resident is not None, "replicas": reachable}
+        typer.echo(json.dumps({**document, "adapters": rows}))
     else:
         if resident is None:
-            typer.echo(f"(vLLM at {settings.vllm.url} does not answer: residency unknown)", err=True)
+            typer.echo(f"(vLLM at {settings.vllm.describe()} does not answer: residency unknown)", err=True)
         typer.echo(f"{'NAME':<24} {'RESIDENT':<9} {'VALID':<6} PATH")
         for row in rows:
             state = {True: "yes", False: "no", None: "?"}[row["resident"]]
@@ -101,11 +111,91 @@ def _adapter_rows(settings: TurnoutConfig, resident: set[str] | None) -> list[di
     return rows
 
 
-def _resident_on_vllm(settings: TurnoutConfig) -> set[str] | None:
-    key = settings.vllm.api_key.get_secret_value() if settings.vllm.api_key else None
+def _replica_urls(settings: TurnoutConfig) -> list[str]:
+    """The replicas as the gateway would find them now (discovery: the name resolved once, here)."""
+    from gateway.fleet.discovery import address_url
+
+    discovery = settings.vllm.discovery
+    if discovery is None:
+        return settings.vllm.static_urls
     try:
-        data = JsonClient(settings.vllm.url, key).call("GET", "/v1/models", timeout=5)
-    except (HttpError, Unreachable):
-        return None
-    models = data.get("data", []) if isinstance(data, dict) else []
-    return {str(m["id"]) for m in models if isinstance(m, dict) and "id" in m}
+        infos = socket.getaddrinfo(discovery.dns, discovery.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        typer.echo(f"(cannot resolve {discovery.dns}: {exc})", err=True)
+        return []
+    return [address_url(discovery.scheme, a, discovery.port) for a in sorted({str(i[4][0]) for i in infos})]
+
+
+def _listings(settings: TurnoutConfig) -> dict[str, set[str] | None]:
+    """Per replica (host:port), the names its /v1/models lists, or None when it does not answer."""
+    from gateway.fleet.replica import replica_name
+
+    key = settings.vllm.api_key.get_secret_value() if settings.vllm.api_key else None
+    found: dict[str, set[str] | None] = {}
+    for url in _replica_urls(settings):
+        try:
+            data = JsonClient(url, key).call("GET", "/v1/models", timeout=5)
+        except (HttpError, Unreachable):
+            found[replica_name(url)] = None
+            continue
+        models = data.get("data", []) if isinstance(data, dict) else []
+        found[replica_name(url)] = {str(m["id"]) for m in models if isinstance(m, dict) and "id" in m}
+    return found
+
+
+@adapters_app.command("status")
+def adapters_status(
+    config: ConfigOption,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the gateway's JSON answer instead of a table.")
+    ] = False,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="The gateway to ask (default: server.host:server.port of the configuration); its admin API key "
+            "in TURNOUT_API_KEY when it has keys.",
+        ),
+    ] = None,
+) -> None:
+    """The running gateway's view of its vLLM replicas: health, requests in flight, and per adapter resident,
+    loading or failed (with vLLM's reason), from its GET /admin/adapters.
+
+    Exit status: 0 when every replica is healthy and no adapter failed to load; 1 when one is ejected or
+    draining, an adapter failed on a replica, or the gateway cannot be asked; 2 when the configuration
+    cannot be used.
+    """
+    settings = load_or_exit(config)
+    url = gateway or f"http://{settings.server.host}:{settings.server.port}"
+    try:
+        state = JsonClient(url, os.environ.get("TURNOUT_API_KEY")).call("GET", "/admin/adapters", timeout=10)
+    except HttpError as exc:
+        raise fail(f"the gateway at {url} answered {exc.status}: {exc.message}") from None
+    except Unreachable as exc:
+        raise fail(f"cannot reach the gateway at {exc}") from None
+    replicas = state.get("replicas", []) if isinstance(state, dict) else []
+    if as_json:
+        typer.echo(json.dumps(state))
+    else:
+        typer.echo(f"{'REPLICA':<24} {'HEALTH':<9} {'IN FLIGHT':>9}  ADAPTERS")
+        for replica in replicas:
+            shown = [_adapter_state(row) for row in replica["adapters"] if row["state"] != "absent"]
+            typer.echo(
+                f"{replica['replica']:<24} {replica['health']:<9} {replica['in_flight']:>9}  {' '.join(shown) or '-'}"
+            )
+            for row in replica["adapters"]:
+                if row["failed"] is not None:
+                    reason, retry = row["failed"]["reason"], row["failed"]["retry_in_s"]
+                    typer.echo(f"    {row['name']}: {reason} (retried in {retry:g} s)")
+        if not replicas:
+            typer.echo(f"(no replica: {state.get('replica_source', '')})")
+    troubled = [r["replica"] for r in replicas if r["health"] != "healthy"]
+    failed = [f"{row['name']}@{r['replica']}" for r in replicas for row in r["adapters"] if row["state"] == "failed"]
+    if troubled or failed or not replicas:
+        said = [f"not healthy: {', '.join(troubled)}"] if troubled else []
+        said += [f"failed to load: {', '.join(failed)}"] if failed else []
+        raise fail("; ".join(said) or "the gateway knows no replica", NOT_AS_DECLARED)
+
+
+def _adapter_state(row: dict[str, Any]) -> str:
+    return f"{row['name']}={row['state']}"

@@ -70,8 +70,60 @@ class ServerConfig(Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
 
+class DiscoveryConfig(Section):
+    dns: str = Field(
+        description="A DNS name whose every address is a vLLM replica, re-resolved every interval_s: a Kubernetes "
+        "headless Service (its-name.its-namespace.svc.cluster.local)."
+    )
+    port: int = Field(8000, ge=1, le=65535, description="The port vLLM listens on at every address.")
+    scheme: Literal["http", "https"] = Field("http", description="How to reach every address.")
+    interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between resolutions. A failed resolution keeps the replicas last known (and says so "
+        "in the log and in turnout_discovery_failures_total); a replica that leaves the set is drained.",
+    )
+
+    @field_validator("dns")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?\.?", value):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return value
+
+
+class HealthConfig(Section):
+    interval_s: float = Field(5.0, gt=0, description="Seconds between two probes of every replica's /health.")
+    timeout_s: float = Field(2.0, gt=0, description="Seconds a probe may take before it counts as failed.")
+    eject_after: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Consecutive failures of a replica (probes, or requests it could not be reached for or did "
+        "not answer in time) before it is ejected: no request is sent to it while another replica is healthy, "
+        "until a probe succeeds.",
+    )
+
+
 class VllmConfig(Section):
-    url: HttpUrl = Field("http://127.0.0.1:8000", description="Base URL of the vLLM OpenAI server.")
+    url: HttpUrl = Field(
+        "http://127.0.0.1:8000",
+        description="Base URL of the vLLM OpenAI server, when there is one replica. Give exactly one of url, "
+        "replicas and discovery.",
+    )
+    replicas: list[HttpUrl] | None = Field(
+        None, min_length=1, description="Base URLs of several vLLM replicas serving the same model."
+    )
+    discovery: DiscoveryConfig | None = Field(
+        None, description="Find the replicas by DNS: every address a name resolves to (a headless Service)."
+    )
+    health: HealthConfig = Field(default_factory=HealthConfig, description="How replicas are probed and ejected.")
+    eviction: Literal["gateway", "vllm"] = Field(
+        "gateway",
+        description="gateway: this gateway unloads the least recently used idle adapter of a replica to make room "
+        "(at most max_resident per replica); vllm: the gateway never unloads, vLLM's own LRU (--max-cpu-loras) "
+        "evicts. Several gateways sharing the same replicas must use vllm.",
+    )
     api_key: SecretStr | None = Field(
         None, description="Bearer token vLLM expects (its --api-key); set it with TURNOUT_VLLM__API_KEY."
     )
@@ -83,8 +135,8 @@ class VllmConfig(Section):
         4,
         ge=1,
         le=1024,
-        description="Most adapters loaded on the server at once; the least recently used idle one is "
-        "unloaded to make room. Set it to vLLM's --max-cpu-loras (or --max-loras).",
+        description="Most adapters loaded on one replica at once; with eviction gateway the least recently used "
+        "idle one is unloaded to make room. Set it to vLLM's --max-cpu-loras (or --max-loras).",
     )
     connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to vLLM.")
     read_timeout_s: float = Field(
@@ -100,6 +152,39 @@ class VllmConfig(Section):
         description="How long a request waits for an adapter slot when every resident adapter is busy, "
         "before it gets 503.",
     )
+
+    @field_validator("replicas")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            repeated = sorted({url for url in value if value.count(url) > 1})
+            if repeated:
+                raise ValueError(f"a replica is listed more than once: {', '.join(repeated)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_the_replicas(self) -> Self:
+        given = [key for key in ("url", "replicas", "discovery") if key in self.model_fields_set]
+        given = [key for key in given if key == "url" or getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give exactly one of url, replicas and discovery, not {' and '.join(given)}")
+        return self
+
+    @property
+    def static_urls(self) -> list[str]:
+        """The replicas named in the file: ``replicas``, else ``url``; none when they are discovered."""
+        if self.discovery is not None:
+            return []
+        return list(self.replicas) if self.replicas is not None else [self.url]
+
+    def describe(self) -> str:
+        """Where the replicas are, in a few words (for the log and the command line)."""
+        if self.discovery is not None:
+            d = self.discovery
+            return f"the replicas {d.dns} resolves to (port {d.port})"
+        if self.replicas is not None:
+            return f"{len(self.replicas)} replicas ({', '.join(self.replicas)})"
+        return self.url
 
 
 class BaseModelConfig(Section):
@@ -123,6 +208,28 @@ class AdapterConfig(Section):
         description="The directory as the vLLM server sees it, when it differs from path (another host).",
     )
     description: str = Field("", description="What the adapter is for; shown in /v1/models.")
+    pinned: bool = Field(
+        False,
+        description="Loaded on every healthy replica, at start, on a replica that appears and on one that restarted; "
+        "never evicted by the gateway.",
+    )
+    min_replicas: int = Field(
+        0, ge=0, le=1024, description="Kept loaded on at least this many replicas (as many as there are, if fewer)."
+    )
+    max_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Never loaded on more replicas than this; unset: a hot adapter may spread to every replica.",
+    )
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Self:
+        if self.pinned and (self.min_replicas > 0 or self.max_replicas is not None):
+            raise ValueError("a pinned adapter is on every replica: min_replicas and max_replicas do not apply to it")
+        if self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
 
 
 class AdapterStoreConfig(Section):
@@ -372,6 +479,7 @@ class TurnoutConfig(BaseSettings):
     @model_validator(mode="after")
     def _references_hold(self) -> Self:
         found = references.problems(self.declared())
+        found += self._pinned_problems()
         if self.serves_embeddings:
             found += self._embedding_name_problems()
         if found:
@@ -401,6 +509,15 @@ class TurnoutConfig(BaseSettings):
             return self.embeddings.serve
         uses_intents = any(intents_used(rule.when) for policy in self.policies.values() for rule in policy.rules)
         return uses_intents or bool(self.rag.collections)
+
+    def _pinned_problems(self) -> list[str]:
+        pinned = [name for name, spec in self.adapters.items() if spec.pinned]
+        if self.vllm.eviction == "gateway" and len(pinned) > self.vllm.max_resident:
+            return [
+                f"adapters: {len(pinned)} adapters are pinned ({', '.join(pinned)}) but a replica holds at most "
+                f"vllm.max_resident ({self.vllm.max_resident})"
+            ]
+        return []
 
     def _embedding_name_problems(self) -> list[str]:
         name = self.embeddings.served_name

@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.accounting.ledger import Ledger
-from gateway.adapters.manager import AdapterManager
+from gateway.adapters.manager import Lease
 from gateway.dispatch.shaping import shape_body
-from gateway.errors import UpstreamModelMissing
+from gateway.errors import TurnoutError, UpstreamModelMissing
+from gateway.fleet.fleet import Fleet
+from gateway.fleet.replica import Replica
 from gateway.protocol.requests import PATHS, Endpoint
-from gateway.upstream.client import Upstream
 from routing import RequestFeatures, Target, TargetKind
+
+REPLICA_HEADER = "x-turnout-replica"
 
 
 class Answer(Protocol):
@@ -90,11 +93,14 @@ class Backend(Protocol):
 
 
 class VllmBackend:
-    """Serves the base model and its adapters from one vLLM server."""
+    """Serves the base model and its adapters from the fleet's vLLM replicas.
 
-    def __init__(self, upstream: Upstream, adapters: AdapterManager) -> None:
-        self.upstream = upstream
-        self.adapters = adapters
+    The fleet names the replica; a request it could not be sent to (the replica is down, silent or
+    overloaded, or cannot load the adapter) is tried on another before its first byte, and every answer
+    says which replica gave it (``x-turnout-replica``)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
 
     async def open(self, target: Target, call: Call) -> Opened:
         body = shape_body(call.raw, call.data, call.endpoint, target, target.name)
@@ -103,23 +109,54 @@ class VllmBackend:
 
     async def open_body(self, target: Target, call: Call, body: bytes) -> Opened:
         """Send ``body`` (already shaped for ``target``) for ``call``."""
+        fleet = self.fleet
+        adapter = target.name if target.kind is TargetKind.ADAPTER else None
+        replica = fleet.pick(adapter)
+        if replica is None:
+            raise fleet.none_left(adapter)
         path, request_id, ledger = call.path, call.features.request_id or None, call.ledger
-        if target.kind is not TargetKind.ADAPTER:
-            with ledger.sending():  # a non-streaming answer's headers come only once it is generated
-                return Opened(await self.upstream.open(path, body, model=target.name, request_id=request_id))
-        with ledger.waiting_elsewhere():
-            lease = await self.adapters.acquire(target.name)  # a load, when the adapter is not resident
-        try:
-            with ledger.sending():
-                try:
-                    response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
-                except UpstreamModelMissing:
-                    # vLLM forgot the adapter (it restarted): load it again and send the request once more.
+        tried: list[Replica] | None = None  # made only when a replica fails: the hot path allocates nothing
+        while True:
+            upstream = replica.upstream
+            replica.hold()
+            lease: Lease | None = None
+            try:
+                if adapter is None:
+                    with ledger.sending():  # a non-streaming answer's headers come only once it is generated
+                        response = await upstream.open(path, body, model=target.name, request_id=request_id)
+                else:
+                    with ledger.waiting_elsewhere():
+                        lease = await replica.adapters.acquire(adapter)  # a load, when the adapter is not resident
+                    with ledger.sending():
+                        try:
+                            response = await upstream.open(path, body, model=adapter, request_id=request_id)
+                        except UpstreamModelMissing:
+                            # vLLM forgot the adapter (it restarted, or its LRU evicted it): load it again and
+                            # send the request once more; whatever else it forgot, the fleet repairs.
+                            lease.release()
+                            lease = None
+                            fleet.forgotten(replica, await replica.adapters.heal(adapter))
+                            lease = await replica.adapters.acquire(adapter)
+                            response = await upstream.open(path, body, model=adapter, request_id=request_id)
+            except BaseException as exc:
+                if lease is not None:
                     lease.release()
-                    await self.adapters.heal(target.name)
-                    lease = await self.adapters.acquire(target.name)
-                    response = await self.upstream.open(path, body, model=target.name, request_id=request_id)
-        except BaseException:
-            lease.release()
-            raise
-        return Opened(response, lease.release)
+                replica.release()
+                if not isinstance(exc, TurnoutError):
+                    raise
+                # Nothing reached the client yet: another replica may take it (this one is down, silent or
+                # overloaded, or could not load the adapter).
+                if fleet.failed(replica, exc, adapter):
+                    tried = [*(tried or ()), replica]
+                    following = fleet.pick(adapter, tried)
+                    if following is not None:
+                        replica = following
+                        continue
+                exc.add_headers({REPLICA_HEADER: replica.name})
+                raise
+            if replica.failures or not replica.healthy:
+                fleet.answered(replica)
+            if lease is None:
+                return Opened(response, replica.release, headers={REPLICA_HEADER: replica.name})
+            lease.then = replica.release
+            return Opened(response, lease.release, headers={REPLICA_HEADER: replica.name})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +40,11 @@ class UpstreamSettings:
 class UpstreamResponse:
     """A successful (2xx) upstream answer whose body has not been read yet; release it when done."""
 
-    __slots__ = ("_response",)
+    __slots__ = ("_broken", "_response")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, broken: Callable[[str], None] | None = None) -> None:
         self._response = response
+        self._broken = broken
 
     @property
     def status(self) -> int:
@@ -62,9 +63,15 @@ class UpstreamResponse:
             self._response.release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, unchanged (SSE bytes are passed through, not re-parsed)."""
-        async for chunk in self._response.content.iter_any():
-            yield chunk
+        """The body as it arrives, unchanged (SSE bytes are passed through, not re-parsed). A server that
+        breaks the stream off is told to the upstream's watcher before the error goes on."""
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            if self._broken is not None:
+                self._broken(f"the stream broke off ({type(exc).__name__})")
+            raise
 
     def close(self) -> None:
         """Drop the connection: the upstream sees the client go away and stops generating."""
@@ -72,11 +79,18 @@ class UpstreamResponse:
 
 
 class Upstream:
-    """An OpenAI-compatible HTTP server reached through one pooled session."""
+    """An OpenAI-compatible HTTP server reached through one pooled session. ``broken`` (when given) hears of
+    every stream of this server that breaks off after its first byte, with the reason."""
 
-    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        session: aiohttp.ClientSession,
+        broken: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._session = session
+        self._broken = broken
         self._headers = {"content-type": "application/json"}
         if settings.api_key:
             self._headers["authorization"] = f"Bearer {settings.api_key}"
@@ -103,7 +117,7 @@ class Upstream:
             headers = {**self._headers, "x-request-id": f"{request_id}-{self._prefix}{next(self._serial):x}"}
         response = await self._send("POST", path, body, self._timeout, headers)
         if response.status < 300:
-            return UpstreamResponse(response)
+            return UpstreamResponse(response, self._broken)
         raise await self._error_from(response, model, path)
 
     async def request(

@@ -8,6 +8,11 @@ web framework's 404 of a server that has no such endpoint) and misbehaves by the
 gateway forwards an adapter's own name as ``model``, so each fault is an adapter named after it. Every
 completion request is recorded with what was answered, and tests await what the upstream saw through
 :meth:`FaultyUpstream.until` rather than by sleeping.
+
+As one replica of several it also fails as a whole server does: ``stall`` (answers nothing, until the
+client hangs up), :meth:`FaultyUpstream.crash` (answers being held drop their connections), ``refuse_loads``
+(this server cannot load those adapters), ``hold_loads`` (loads wait for :meth:`FaultyUpstream.release_loads`)
+and ``lru`` (vLLM's own eviction: past that many adapters, the least recently used one is forgotten).
 """
 
 from __future__ import annotations
@@ -110,6 +115,15 @@ class FaultyUpstream:
         self.load_paths: dict[str, str] = {}
         self.unloads: list[str] = []
         self.models_reads = 0
+        self.stall = False  # hold every completion, headers included, until the client hangs up
+        self.refuse_loads: set[str] = set()  # adapters this server fails to load (500)
+        self.hold_loads = False  # loads wait until release_loads()
+        self.lru: int | None = None  # at most this many adapters; loading another forgets the least recently used
+        self.evicted: list[str] = []  # adapters the lru forgot
+        self._used: dict[str, int] = {}
+        self._uses = 0
+        self._loads_go = asyncio.Event()
+        self._crashed = asyncio.Event()
         self._gates: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
 
@@ -136,6 +150,17 @@ class FaultyUpstream:
             self.loaded.difference_update(names)
         else:
             self.loaded.clear()
+        self._note()
+
+    def release_loads(self) -> None:
+        """Let held loads (``hold_loads``) finish, and later ones pass at once."""
+        self.hold_loads = False
+        self._loads_go.set()
+
+    def crash(self) -> None:
+        """The server dies mid-answer: every answer being held drops its connection (stop serving it too)."""
+        self._crashed.set()
+        self._note()
 
     def seen(self, model: str | None = None) -> list[Seen]:
         return [s for s in self.requests if model is None or s.model == model]
@@ -184,14 +209,26 @@ class FaultyUpstream:
         name = str(payload.get("lora_name"))
         self.loads.append(name)
         self.load_paths[name] = str(payload.get("lora_path"))
-        if name.startswith(LOAD_FAILS):
+        self._note()
+        if self.hold_loads:
+            await self._loads_go.wait()
+        if name.startswith(LOAD_FAILS) or name in self.refuse_loads:
             await _respond(send, 500, _envelope("loading the adapter crashed", "InternalServerError", 500))
         elif name in self.loaded:
             message = f"The lora adapter '{name}' has already been loaded."
             await _respond(send, 400, _envelope(message, "BadRequestError", 400))
         else:
             self.loaded.add(name)
+            self._use(name)
+            if self.lru is not None and len(self.loaded) > self.lru:
+                oldest = min(self.loaded - {name}, key=lambda n: self._used.get(n, 0))
+                self.loaded.discard(oldest)
+                self.evicted.append(oldest)
             await _respond(send, 200, f"Success: LoRA adapter '{name}' added successfully.".encode(), _TEXT)
+
+    def _use(self, name: str) -> None:
+        self._uses += 1
+        self._used[name] = self._uses
 
     async def _unload(self, payload: dict[str, Any], send: Send) -> None:
         name = str(payload.get("lora_name"))
@@ -224,6 +261,8 @@ class FaultyUpstream:
             message = f"The model `{model}` does not exist."
             await _respond(recording, 404, _envelope(message, "NotFoundError", 404, param="model"))
             return
+        if model in self.loaded:
+            self._use(model)
         status = _STATUS_FAULT.match(model)
         if status is not None:
             code = int(status.group(1))
@@ -233,7 +272,7 @@ class FaultyUpstream:
 
         # What the bench app sends passes through ``forward``, which holds, cuts or corrupts it by fault.
         forward: Send = recording
-        if model == SILENT:
+        if model == SILENT or self.stall:
             forward = self._holding(seen, receive, recording, model, after=0, gated=False)
         elif model.startswith(SLOW_START):
             forward = self._holding(seen, receive, recording, model, after=0, gated=True)
@@ -271,7 +310,8 @@ class FaultyUpstream:
     async def _hold(self, receive: Receive, gate: asyncio.Event | None) -> bool:
         """True if the client disconnected before ``gate`` opened (with no gate, wait for that)."""
         gone = asyncio.ensure_future(_disconnect(receive))
-        waits: set[asyncio.Future[Any]] = {gone}
+        crashed = asyncio.ensure_future(self._crashed.wait())
+        waits: set[asyncio.Future[Any]] = {gone, crashed}
         if gate is not None:
             waits.add(asyncio.ensure_future(gate.wait()))
         try:
@@ -279,6 +319,8 @@ class FaultyUpstream:
         finally:
             for waiting in waits:
                 waiting.cancel()
+        if crashed.done() and not crashed.cancelled():
+            raise _DropConnection("the server crashed")
         return gone.done() and not gone.cancelled()
 
     def _gate(self, model: str) -> asyncio.Event:

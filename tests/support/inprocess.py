@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_asgi_app
 from gateway.config import TurnoutConfig
+from gateway.fleet.discovery import Resolver
+from gateway.fleet.placement import Placement
 from tests.support.faulty_upstream import BASE, MAX_RANK, SAFETY_S, FaultyUpstream, quiet_drops
 
 # -- serving ----------------------------------------------------------------------------------------
@@ -59,13 +61,13 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def _serving(app: Any) -> AsyncIterator[str]:
-    """Serve ``app`` on a free loopback port for the duration of the block; yields its URL."""
+async def _serving(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host``:``port`` (a free port by default) for the duration of the block; yields its URL."""
     # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY on accepted connections only then, and without it
     # every answer on a kept-alive connection waits out the client's delayed ACK (about 40 ms).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, lifespan="on", http="httptools", ws="none", log_config=None, access_log=False, timeout_graceful_shutdown=2
@@ -78,7 +80,7 @@ async def _serving(app: Any) -> AsyncIterator[str]:
         if task.done() or not server.started:
             await task  # raises what stopped the start-up
             raise RuntimeError("the server stopped during start-up")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         if not server.ready.is_set():
@@ -100,10 +102,14 @@ def nowhere() -> str:
 
 
 @contextlib.asynccontextmanager
-async def serve_upstream(upstream: FaultyUpstream | None = None) -> AsyncIterator[FaultyUpstream]:
+async def serve_upstream(
+    upstream: FaultyUpstream | None = None, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[FaultyUpstream]:
+    """Serve the upstream (on ``host``:``port``: a replica started again where it was, or one of several
+    replicas behind one DNS name and port) for the duration of the block."""
     upstream = upstream or FaultyUpstream()
     with quiet_drops():
-        async with _serving(upstream) as url:
+        async with _serving(upstream, host, port) as url:
             upstream.url = url
             try:
                 yield upstream
@@ -158,15 +164,23 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(config: TurnoutConfig, config_path: Path | None = None) -> AsyncIterator[Gateway]:
+async def serve_gateway(
+    config: TurnoutConfig,
+    config_path: Path | None = None,
+    *,
+    resolver: Resolver | None = None,
+    placement: Placement | None = None,
+) -> AsyncIterator[Gateway]:
     """The gateway as ``turnout serve`` runs it, on a free loopback port of this event loop (``config_path``:
-    the file it was read from, which a reload reads again).
+    the file it was read from, which a reload reads again; ``resolver``: the DNS answers its replica
+    discovery gets; ``placement``: another way to choose replicas).
 
     Its lifespan freezes the start-up heap (``gc.freeze``) and takes SIGHUP; both are undone when it
     stops, so gateways can be started and stopped many times in one test process."""
     sighup = signal.getsignal(signal.SIGHUP)
     try:
-        async with _serving(create_asgi_app(config, config_path)) as url, Gateway.connected(url, config) as gateway:
+        app = create_asgi_app(config, config_path, resolver=resolver, placement=placement)
+        async with _serving(app) as url, Gateway.connected(url, config) as gateway:
             yield gateway
     finally:
         gc.unfreeze()
@@ -202,24 +216,34 @@ def write_adapter(directory: Path, *, rank: int = 4, base: str = BASE, peft_type
 
 
 def gateway_config(
-    upstream_url: str,
+    upstream_url: str | Sequence[str] | None,
     adapter_dir: Path,
     adapters: Iterable[str] = (),
     *,
     vllm: Mapping[str, Any] | None = None,
     paths: Mapping[str, Path] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     **sections: Any,
 ) -> TurnoutConfig:
-    """A validated configuration in front of ``upstream_url``: ``adapters`` share ``adapter_dir`` (the
-    upstream tells them apart by name), ``paths`` give others their own directory, ``vllm`` adds to the
-    vllm section, and ``sections`` are further top-level sections as the YAML file would hold them.
+    """A validated configuration in front of ``upstream_url`` (several: ``vllm.replicas``; None: the ``vllm``
+    mapping says where, with ``discovery``): ``adapters`` share ``adapter_dir`` (the upstream tells them apart
+    by name), ``paths`` give others their own directory, ``options`` add keys to adapters (``pinned``...),
+    ``vllm`` adds to the vllm section, and ``sections`` are further top-level sections as the YAML file would
+    hold them.
 
     ``TURNOUT_*`` variables of the environment running the tests are not applied: these configurations
     are the whole truth of what each test runs."""
     declared = {name: {"path": str(adapter_dir)} for name in adapters}
     declared.update({name: {"path": str(path)} for name, path in (paths or {}).items()})
+    for name, extra in (options or {}).items():
+        declared[name] = {**declared[name], **extra}
+    where: dict[str, Any] = {}
+    if isinstance(upstream_url, str):
+        where["url"] = upstream_url
+    elif upstream_url is not None:
+        where["replicas"] = list(upstream_url)
     data: dict[str, Any] = {
-        "vllm": {"url": upstream_url, "model": BASE, "max_lora_rank": MAX_RANK, **(vllm or {})},
+        "vllm": {**where, "model": BASE, "max_lora_rank": MAX_RANK, **(vllm or {})},
         "adapters": declared,
         **sections,
     }

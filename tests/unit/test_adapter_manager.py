@@ -7,7 +7,7 @@ requests pile up, a cancelled caller); the same behaviours run against real vLLM
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.adapters.manager import AdapterManager, ManagerSettings
+from gateway.adapters.manager import FREE, PINNED, WANTED, AdapterManager, ManagerSettings
 from gateway.config import AdapterConfig
 from gateway.errors import CapacityExhausted, InvalidAdapter, UpstreamError
 from gateway.upstream.client import Upstream, UpstreamSettings
@@ -83,14 +83,27 @@ async def fake(tmp_path: Path) -> AsyncIterator[tuple[FakeLoraApi, str]]:
 
 
 def _manager(
-    url: str, session: aiohttp.ClientSession, root: Path, *, max_resident: int = 2, capacity_wait_s: float = 5.0
+    url: str,
+    session: aiohttp.ClientSession,
+    root: Path,
+    *,
+    max_resident: int = 2,
+    capacity_wait_s: float = 5.0,
+    evict: bool = True,
+    retry_after_s: float = 5.0,
+    keep: Callable[[str], int] | None = None,
 ) -> AdapterManager:
     upstream = Upstream(UpstreamSettings(url, None, connect_timeout_s=2, read_timeout_s=10), session)
     adapters = {n: AdapterConfig(path=_adapter_dir(root, n)) for n in ("a", "b", "c")}
     settings = ManagerSettings(
-        max_rank=8, max_resident=max_resident, load_timeout_s=10, capacity_wait_s=capacity_wait_s
+        max_rank=8,
+        max_resident=max_resident,
+        load_timeout_s=10,
+        capacity_wait_s=capacity_wait_s,
+        evict=evict,
+        retry_after_s=retry_after_s,
     )
-    return AdapterManager(upstream, adapters, settings)
+    return AdapterManager(upstream, adapters, settings, keep=keep)
 
 
 async def test_waiters_share_one_load_even_when_the_first_caller_is_cancelled(
@@ -200,3 +213,100 @@ async def test_waiters_of_a_failed_load_each_get_an_error_of_their_own(
     assert second.claim_count()  # counted on its own, once
     assert second.message == first.message
     assert [row["in_flight"] for row in manager.snapshot() if row["name"] == "a"] == [0]
+
+
+async def test_a_failed_load_is_not_tried_again_on_this_server_during_its_back_off(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
+    api, url = fake
+    api.gate.set()
+    api.broken = True
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path, retry_after_s=60)
+        with pytest.raises(UpstreamError, match="engine dead"):
+            await manager.acquire("a")
+        with pytest.raises(UpstreamError, match="engine dead"):  # the recorded failure, vLLM not asked
+            await manager.acquire("a")
+        assert api.calls == [("load", "a")]
+        [row] = [r for r in manager.snapshot() if r["name"] == "a"]
+        assert row["state"] == "failed"
+        assert "engine dead" in row["failed"]["reason"]
+        assert 55 < row["failed"]["retry_in_s"] <= 60
+        assert not await manager.preload("a")  # nor by the fleet's own loads
+        assert api.calls == [("load", "a")]
+        api.broken = False
+        (await manager.acquire("b")).release()  # another adapter is not held back by a's failure
+        assert manager.is_resident("b")
+        with pytest.raises(UpstreamError, match="engine dead"):  # a still is, until its back-off has passed
+            await manager.acquire("a")
+        assert api.calls == [("load", "a"), ("load", "b")]
+
+
+async def test_after_its_back_off_a_failed_load_is_tried_again_and_success_clears_it(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
+    api, url = fake
+    api.gate.set()
+    api.broken = True
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path, retry_after_s=0)
+        with pytest.raises(UpstreamError):
+            await manager.acquire("a")
+        api.broken = False
+        (await manager.acquire("a")).release()
+        assert api.calls == [("load", "a"), ("load", "a")]
+        [row] = [r for r in manager.snapshot() if r["name"] == "a"]
+        assert (row["state"], row["failed"]) == ("resident", None)
+
+
+async def test_without_eviction_nothing_is_ever_unloaded(fake: tuple[FakeLoraApi, str], tmp_path: Path) -> None:
+    """eviction: vllm: past max_resident the gateway loads anyway and leaves making room to vLLM's LRU."""
+    api, url = fake
+    api.gate.set()
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path, max_resident=1, evict=False, capacity_wait_s=0)
+        for name in ("a", "b", "c"):
+            (await manager.acquire(name)).release()
+        assert api.calls == [("load", "a"), ("load", "b"), ("load", "c")]
+        assert api.loaded == {"a", "b", "c"}
+        assert not manager.has_free_slot()
+        assert manager.can_make_room()
+
+
+async def test_a_pinned_adapter_is_never_evicted_and_a_wanted_one_only_when_nothing_else_is_idle(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
+    api, url = fake
+    api.gate.set()
+    need = {"a": PINNED, "b": WANTED}
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path, max_resident=2, capacity_wait_s=0, keep=lambda n: need.get(n, FREE))
+        (await manager.acquire("a")).release()
+        (await manager.acquire("b")).release()
+        assert not await manager.preload("c")  # the fleet's own loads take a free slot or none
+        assert api.loaded == {"a", "b"}
+        (await manager.acquire("c")).release()  # a request is served first: b, only wanted, makes room
+        assert api.loaded == {"a", "c"}
+        assert ("unload", "a") not in api.calls
+        assert await manager.preload("b", evict=True)  # told to evict: c is idle and not needed
+        assert api.loaded == {"a", "b"}
+        need["b"] = PINNED
+        assert not manager.can_make_room()
+        with pytest.raises(CapacityExhausted, match="busy serving requests \\(or pinned\\)"):
+            await manager.acquire("c")
+
+
+async def test_sync_says_which_adapters_the_server_forgot_and_counts_other_gateways_adapters(
+    fake: tuple[FakeLoraApi, str], tmp_path: Path
+) -> None:
+    api, url = fake
+    api.gate.set()
+    async with aiohttp.ClientSession() as session:
+        manager = _manager(url, session, tmp_path, max_resident=3)
+        (await manager.acquire("a")).release()
+        (await manager.acquire("b")).release()
+        api.loaded = {"b", "someone-elses"}  # restarted and reloaded by another gateway, say
+        assert await manager.sync() == {"a"}
+        assert (manager.is_resident("a"), manager.is_resident("b")) == (False, True)
+        assert manager.occupied() == 2  # b and the adapter this gateway does not declare
+        assert await manager.sync() == set()

@@ -90,6 +90,7 @@ def test_every_command_is_covered() -> None:
         "adapters versions",
         "adapters activate",
         "adapters rollback",
+        "adapters status",
         "route explain",
         "rag ingest",
         "rag list",

@@ -59,6 +59,7 @@ async def test_a_refused_connection_is_an_unavailable_upstream() -> None:
     [
         (aiohttp.ServerDisconnectedError(), Boundary.SEND, UpstreamUnavailable, 503),
         (aiohttp.ConnectionTimeoutError(), Boundary.SEND, UpstreamUnavailable, 503),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), Boundary.SEND, UpstreamUnavailable, 503),
         (TimeoutError(), Boundary.SEND, UpstreamTimeout, 504),
         (aiohttp.SocketTimeoutError(), Boundary.SEND, UpstreamTimeout, 504),  # a ClientError too: timeout first
         (aiohttp.ServerTimeoutError(), Boundary.SEND, UpstreamTimeout, 504),

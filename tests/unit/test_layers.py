@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.auth",
         "gateway.upstream",
         "gateway.adapters",
+        "gateway.fleet",
         "gateway.embeddings",
         "gateway.rag",
         "gateway.accounting",
