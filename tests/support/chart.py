@@ -50,12 +50,18 @@ class Rendered:
 
     def one(self, kind: str, name: str) -> Manifest:
         found = [obj for obj in self.of_kind(kind) if obj["metadata"]["name"] == name]
-        assert len(found) == 1, f"expected one {kind} {name!r}, found {[o['metadata']['name'] for o in self.of_kind(kind)]}"
+        assert len(found) == 1, (
+            f"expected one {kind} {name!r}, found {[o['metadata']['name'] for o in self.of_kind(kind)]}"
+        )
         return found[0]
 
     def ours(self) -> list[Manifest]:
         """The objects of this chart, not of its subcharts."""
-        return [obj for obj in self.objects if obj["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "turnout"]
+        return [
+            obj
+            for obj in self.objects
+            if obj["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "turnout"
+        ]
 
     def gateway_config(self) -> dict[str, Any]:
         config = yaml.safe_load(self.one("ConfigMap", f"{RELEASE}-gateway")["data"]["turnout.yaml"])
@@ -152,7 +158,11 @@ def _strict(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {key: _strict(value) for key, value in node.items()}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     if out.get("nullable"):
         kind = out.get("type")
@@ -163,7 +173,10 @@ def _strict(node: Any) -> Any:
             "type": "object",
             "required": ["name"],
             "properties": {
-                "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
+                "name": {
+                    "type": "string",
+                    "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                },
                 "labels": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}},
                 "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
             },

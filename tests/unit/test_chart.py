@@ -37,9 +37,17 @@ from tests.support.chart import (
 GATEWAY = f"{RELEASE}-gateway"
 VLLM = f"{RELEASE}-vllm-llama-3-1-8b"
 EVERYTHING_ON: dict[str, Any] = {
-    "gateway": {"secrets": {name: {"existingSecret": f"s-{name}", "key": "k"} for name in ("apiKeys", "openai", "vllm", "qdrant")}},
+    "gateway": {
+        "secrets": {
+            name: {"existingSecret": f"s-{name}", "key": "k"} for name in ("apiKeys", "openai", "vllm", "qdrant")
+        }
+    },
     "redis": {"enabled": True},
-    "inferencePool": {"enabled": True, "url": "http://inference-gw.turnout.svc:80", "endpointPickerRef": {"name": "epp"}},
+    "inferencePool": {
+        "enabled": True,
+        "url": "http://inference-gw.turnout.svc:80",
+        "endpointPickerRef": {"name": "epp"},
+    },
     "monitoring": {
         "serviceMonitor": {"enabled": True},
         "prometheusRule": {"enabled": True},
@@ -102,7 +110,9 @@ def test_validation_catches_what_it_should() -> None:
     pool = json.loads(json.dumps(rendered.of_kind("InferencePool")[0]))
     del pool["spec"]["targetPorts"]
     assert "targetPorts" in str(validation_problem(pool))
-    assert "no schema" in str(validation_problem({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}}))
+    assert "no schema" in str(
+        validation_problem({"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}})
+    )
 
 
 def test_default_values_render_the_whole_stack() -> None:
@@ -139,8 +149,10 @@ def test_every_object_of_the_chart_carries_the_standard_labels() -> None:
         assert labels["app.kubernetes.io/version"] == gateway.__version__, where
         assert labels["app.kubernetes.io/managed-by"] == "Helm", where
         assert obj["metadata"]["namespace"] == NAMESPACE, where
-    for name, pod in pod_specs(rendered):
-        workload = next(o for o in rendered.objects if o["metadata"]["name"] == name and o["kind"] in {"Deployment", "StatefulSet"})
+    for name, _pod in pod_specs(rendered):
+        workload = next(
+            o for o in rendered.objects if o["metadata"]["name"] == name and o["kind"] in {"Deployment", "StatefulSet"}
+        )
         template_labels = workload["spec"]["template"]["metadata"]["labels"]
         assert workload["spec"]["selector"]["matchLabels"].items() <= template_labels.items(), name
         if workload in ours:
@@ -152,7 +164,11 @@ def test_chart_versions_follow_the_gateway_and_the_vendored_qdrant() -> None:
     assert chart["appVersion"] == gateway.__version__
     qdrant = yaml.safe_load((CHART / "charts" / "qdrant" / "Chart.yaml").read_text())
     (dependency,) = chart["dependencies"]
-    assert (dependency["name"], dependency["version"], dependency["condition"]) == ("qdrant", qdrant["version"], "qdrant.enabled")
+    assert (dependency["name"], dependency["version"], dependency["condition"]) == (
+        "qdrant",
+        qdrant["version"],
+        "qdrant.enabled",
+    )
 
 
 # ---------------------------------------------------------------- the gateway
@@ -166,7 +182,8 @@ def test_gateway_probes_resources_and_locked_down_security() -> None:
     assert gw["startupProbe"]["httpGet"]["path"] == "/health"
     assert gw["args"] == ["serve", "--config", "/etc/turnout/turnout.yaml"]
     assert gw["image"] == f"ghcr.io/turnout/turnout:{gateway.__version__}"
-    assert gw["resources"]["requests"] and gw["resources"]["limits"]["memory"]
+    assert gw["resources"]["requests"]
+    assert gw["resources"]["limits"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert gw["securityContext"]["readOnlyRootFilesystem"] is True
@@ -189,7 +206,9 @@ def test_hpa_and_pdb() -> None:
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert "replicas" not in rendered.one("Deployment", GATEWAY)["spec"], "the HPA owns the replica count"
     pdb = rendered.one("PodDisruptionBudget", GATEWAY)
-    assert pdb["spec"]["selector"]["matchLabels"] == rendered.one("Deployment", GATEWAY)["spec"]["selector"]["matchLabels"]
+    assert (
+        pdb["spec"]["selector"]["matchLabels"] == rendered.one("Deployment", GATEWAY)["spec"]["selector"]["matchLabels"]
+    )
     assert not render({"gateway": {"podDisruptionBudget": {"enabled": False}}}).of_kind("PodDisruptionBudget")
 
 
@@ -216,16 +235,22 @@ def test_gateway_discovers_vllm_through_the_models_headless_service() -> None:
         "scheme": "http",
         "interval_s": 10,
     }
-    assert "url" not in config["vllm"] and "replicas" not in config["vllm"]
+    assert "url" not in config["vllm"]
+    assert "replicas" not in config["vllm"]
     pod_labels = rendered.one("Deployment", VLLM)["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["ports"][0]["port"] == config["vllm"]["discovery"]["port"]
     assert config["vllm"]["model"] == "llama-3.1-8b"
-    assert config["vllm"]["max_lora_rank"] == 16 and config["vllm"]["max_resident"] == 8
+    assert config["vllm"]["max_lora_rank"] == 16
+    assert config["vllm"]["max_resident"] == 8
     assert config["vllm"]["health"] == {"interval_s": 5, "timeout_s": 2, "eject_after": 3}
     assert config["server"] == {"host": "0.0.0.0", "port": 8080}
     assert config["base_model"]["aliases"] == ["meta-llama/Llama-3.1-8B-Instruct"]
-    assert render({"clusterDomain": "corp.internal"}).gateway_config()["vllm"]["discovery"]["dns"].endswith(".svc.corp.internal")
+    assert (
+        render({"clusterDomain": "corp.internal"})
+        .gateway_config()["vllm"]["discovery"]["dns"]
+        .endswith(".svc.corp.internal")
+    )
 
 
 @pytest.mark.parametrize(
@@ -244,19 +269,45 @@ def test_several_gateways_leave_eviction_to_vllm(values: dict[str, Any], evictio
 
 def test_gateway_model_picks_among_several_base_models() -> None:
     models = [
-        {"name": "small", "source": "org/small", "replicas": 1, "gpus": 1, "maxLoras": 2, "maxCpuLoras": 4, "maxLoraRank": 8},
-        {"name": "big", "servedName": "big-70b", "source": "org/big", "replicas": 2, "gpus": 4, "maxLoras": 4, "maxCpuLoras": 8, "maxLoraRank": 64},
+        {
+            "name": "small",
+            "source": "org/small",
+            "replicas": 1,
+            "gpus": 1,
+            "maxLoras": 2,
+            "maxCpuLoras": 4,
+            "maxLoraRank": 8,
+        },
+        {
+            "name": "big",
+            "servedName": "big-70b",
+            "source": "org/big",
+            "replicas": 2,
+            "gpus": 4,
+            "maxLoras": 4,
+            "maxCpuLoras": 8,
+            "maxLoraRank": 64,
+        },
     ]
     rendered = render({"vllm": {"models": models}, "gateway": {"model": "big"}})
-    assert {d["metadata"]["name"] for d in rendered.of_kind("Deployment")} == {GATEWAY, f"{RELEASE}-vllm-small", f"{RELEASE}-vllm-big"}
+    assert {d["metadata"]["name"] for d in rendered.of_kind("Deployment")} == {
+        GATEWAY,
+        f"{RELEASE}-vllm-small",
+        f"{RELEASE}-vllm-big",
+    }
     assert {s["metadata"]["name"] for s in rendered.of_kind("Service") if s["spec"].get("clusterIP") == "None"} >= {
         f"{RELEASE}-vllm-small",
         f"{RELEASE}-vllm-big",
     }
     config = rendered.gateway_config()["vllm"]
-    assert (config["model"], config["max_lora_rank"], config["discovery"]["dns"].split(".")[0]) == ("big-70b", 64, f"{RELEASE}-vllm-big")
+    assert (config["model"], config["max_lora_rank"], config["discovery"]["dns"].split(".")[0]) == (
+        "big-70b",
+        64,
+        f"{RELEASE}-vllm-big",
+    )
     big = container(vllm_pod(rendered, f"{RELEASE}-vllm-big"), "vllm")
-    assert "--tensor-parallel-size=4" in big["args"] and big["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert "--tensor-parallel-size=4" in big["args"]
+    assert big["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert render({"vllm": {"models": models}}).gateway_config()["vllm"]["model"] == "small"
 
 
@@ -276,7 +327,8 @@ def test_user_config_passes_through_under_the_keys_the_chart_owns() -> None:
     assert production["costs"] == values["costs"]
     assert production["rag"]["collections"] == values["rag"]["collections"]
     assert production["vllm"]["read_timeout_s"] == 120
-    assert production["server"]["log_level"] == "info" and production["server"]["host"] == "0.0.0.0"
+    assert production["server"]["log_level"] == "info"
+    assert production["server"]["host"] == "0.0.0.0"
 
 
 # ---------------------------------------------------------------- vLLM
@@ -286,7 +338,9 @@ def test_vllm_runs_the_official_image_with_lora_flags_gpus_and_long_startup() ->
     rendered = render(VARIANTS["production"])
     deployment = rendered.one("Deployment", VLLM)
     assert deployment["spec"]["replicas"] == 2
-    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}, "no spare GPU needed"
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}, (
+        "no spare GPU needed"
+    )
     pod = deployment["spec"]["template"]["spec"]
     vllm = container(pod, "vllm")
     assert vllm["image"].startswith("docker.io/vllm/vllm-openai:")
@@ -321,6 +375,7 @@ def test_vllm_runs_the_official_image_with_lora_flags_gpus_and_long_startup() ->
 
 def adapter_mount(box: dict[str, Any]) -> dict[str, Any]:
     (mount,) = [m for m in box["volumeMounts"] if m["name"] == "adapters"]
+    assert isinstance(mount, dict)
     return mount
 
 
@@ -332,7 +387,9 @@ def adapter_mount(box: dict[str, Any]) -> dict[str, Any]:
         ({"sync": {"enabled": True}}, {"emptyDir": {"sizeLimit": "10Gi"}}),
     ],
 )
-def test_adapter_store_is_mounted_read_only_where_the_resolver_looks(store: dict[str, Any], volume: dict[str, Any]) -> None:
+def test_adapter_store_is_mounted_read_only_where_the_resolver_looks(
+    store: dict[str, Any], volume: dict[str, Any]
+) -> None:
     rendered = render({"adapterStore": store})
     for pod, name in ((vllm_pod(rendered), "vllm"), (gateway_pod(rendered), "gateway")):
         mount = adapter_mount(container(pod, name))
@@ -352,7 +409,11 @@ def test_adapter_store_is_mounted_read_only_where_the_resolver_looks(store: dict
 
 
 def test_adapter_sync_image_and_command_are_configurable() -> None:
-    sync = {"enabled": True, "image": {"repository": "rclone/rclone", "tag": "1.70"}, "command": ["rclone", "sync", "r2:adapters", "/adapters"]}
+    sync = {
+        "enabled": True,
+        "image": {"repository": "rclone/rclone", "tag": "1.70"},
+        "command": ["rclone", "sync", "r2:adapters", "/adapters"],
+    }
     (init,) = vllm_pod(render({"adapterStore": {"sync": sync}}))["initContainers"]
     assert init["image"] == "rclone/rclone:1.70"
     assert init["command"] == sync["command"]
@@ -363,7 +424,9 @@ def test_adapter_sync_image_and_command_are_configurable() -> None:
 
 def test_qdrant_in_the_release_or_external() -> None:
     rendered = render()
-    assert rendered.gateway_config()["rag"]["store"] == {"url": f"http://{RELEASE}-qdrant.{NAMESPACE}.svc.cluster.local:6333"}
+    assert rendered.gateway_config()["rag"]["store"] == {
+        "url": f"http://{RELEASE}-qdrant.{NAMESPACE}.svc.cluster.local:6333"
+    }
     qdrant = rendered.one("Service", f"{RELEASE}-qdrant")
     assert 6333 in [p["port"] for p in qdrant["spec"]["ports"]]
     production = render(VARIANTS["production"])
@@ -393,7 +456,8 @@ def test_redis_address_reaches_the_gateway_only_when_set() -> None:
         "value": "redis://cache.internal:6379/1",
     }
     by_secret = redis_env({"redis": {"existingSecret": "redis-url"}})
-    assert by_secret is not None and by_secret["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
+    assert by_secret is not None
+    assert by_secret["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
     assert "does not use it yet" in in_release.notes
 
 
@@ -402,7 +466,8 @@ def test_redis_address_reaches_the_gateway_only_when_set() -> None:
 
 def test_monitoring_objects_only_when_asked() -> None:
     off = render()
-    assert not off.of_kind("ServiceMonitor") and not off.of_kind("PrometheusRule")
+    assert not off.of_kind("ServiceMonitor")
+    assert not off.of_kind("PrometheusRule")
     assert not [c for c in off.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
     on = render(VARIANTS["production"])
     (gateway_monitor, vllm_monitor) = sorted(on.of_kind("ServiceMonitor"), key=lambda m: m["metadata"]["name"])
@@ -410,8 +475,12 @@ def test_monitoring_objects_only_when_asked() -> None:
     assert gateway_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert gateway_monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
     assert gateway_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert vllm_monitor["spec"]["selector"]["matchLabels"].items() <= on.one("Service", VLLM)["metadata"]["labels"].items()
-    assert not render(deep_merge(VARIANTS["production"], {"monitoring": {"serviceMonitor": {"vllm": False}}})).of_kind("ServiceMonitor")[1:]
+    assert (
+        vllm_monitor["spec"]["selector"]["matchLabels"].items() <= on.one("Service", VLLM)["metadata"]["labels"].items()
+    )
+    assert not render(deep_merge(VARIANTS["production"], {"monitoring": {"serviceMonitor": {"vllm": False}}})).of_kind(
+        "ServiceMonitor"
+    )[1:]
 
 
 def test_prometheus_rule_and_dashboard_are_deploys_files() -> None:
@@ -428,7 +497,10 @@ def test_prometheus_rule_and_dashboard_are_deploys_files() -> None:
 
 @pytest.mark.parametrize(
     ("copy", "source"),
-    [("alerts.yml", "deploy/prometheus/alerts.yml"), ("turnout-dashboard.json", "deploy/grafana/turnout-dashboard.json")],
+    [
+        ("alerts.yml", "deploy/prometheus/alerts.yml"),
+        ("turnout-dashboard.json", "deploy/grafana/turnout-dashboard.json"),
+    ],
 )
 def test_chart_copies_of_the_monitoring_files_are_current(copy: str, source: str) -> None:
     assert (CHART / "files" / copy).read_bytes() == (ROOT / source).read_bytes(), (
@@ -501,7 +573,8 @@ def test_no_secret_value_in_configmaps_or_values_files() -> None:
     for path in (CHART / "values.yaml", PRODUCTION_VALUES):
         for key, value in items(yaml.safe_load(path.read_text())):
             if secret_like.search(key):
-                assert isinstance(value, dict) and set(value) == {"existingSecret", "key"}, f"{path.name}: {key}: {value!r}"
+                assert isinstance(value, dict), f"{path.name}: {key}: {value!r}"
+                assert set(value) == {"existingSecret", "key"}, f"{path.name}: {key}: {value!r}"
 
 
 def test_unset_secrets_render_no_variable() -> None:
@@ -526,7 +599,7 @@ def test_network_policies_let_only_the_gateway_reach_the_backends() -> None:
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items(), policy_name
         assert policy["spec"]["policyTypes"] == ["Ingress"]
         first = policy["spec"]["ingress"][0]
-        assert [peer["podSelector"]["matchLabels"] for peer in first["from"]][0].items() <= gateway_labels.items()
+        assert next(peer["podSelector"]["matchLabels"] for peer in first["from"]).items() <= gateway_labels.items()
         for rule in policy["spec"]["ingress"]:
             assert rule.get("from"), f"{policy_name}: a rule open to anyone"
     scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
@@ -534,7 +607,9 @@ def test_network_policies_let_only_the_gateway_reach_the_backends() -> None:
     assert [rule["from"] for rule in production][1] == [scraper], "Prometheus may scrape vLLM when named"
     gateway_policy = rendered.one("NetworkPolicy", GATEWAY)
     assert gateway_policy["spec"]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
-    reached = [peer["podSelector"]["matchLabels"] for rule in gateway_policy["spec"]["egress"] for peer in rule.get("to", [])]
+    reached = [
+        peer["podSelector"]["matchLabels"] for rule in gateway_policy["spec"]["egress"] for peer in rule.get("to", [])
+    ]
     for pod_labels in backends.values():
         assert any(selector.items() <= pod_labels.items() for selector in reached), pod_labels
 
@@ -547,7 +622,8 @@ def test_notes_say_how_to_call_it_and_deploy_an_adapter() -> None:
     assert f"port-forward service/{GATEWAY} 8080:80" in notes
     assert 'OpenAI(base_url="http://127.0.0.1:8080/v1"' in notes
     assert 'model="llama-3.1-8b"' in notes
-    assert "adapters:" in notes and "helm upgrade" in notes
+    assert "adapters:" in notes
+    assert "helm upgrade" in notes
     assert 'base_model_name_or_path: "meta-llama/Llama-3.1-8B-Instruct"' in notes
     assert f"{RELEASE}-adapters" in notes
     synced = render({"adapterStore": {"sync": {"enabled": True}}}).notes
