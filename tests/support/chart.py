@@ -203,3 +203,44 @@ def container(pod: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def env_of(box: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {var["name"]: var for var in box.get("env", [])}
+
+
+# ---------------------------------------------------------------- the objects tests look at
+
+GATEWAY = f"{RELEASE}-gateway"
+VLLM = f"{RELEASE}-vllm-llama-3-1-8b"
+EVERYTHING_ON: dict[str, Any] = {
+    "gateway": {
+        "secrets": {
+            name: {"existingSecret": f"s-{name}", "key": "k"} for name in ("apiKeys", "openai", "vllm", "qdrant")
+        }
+    },
+    "redis": {"enabled": True},
+    "inferencePool": {
+        "enabled": True,
+        "url": "http://inference-gw.turnout.svc:80",
+        "endpointPickerRef": {"name": "epp"},
+    },
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
+    "adapterStore": {"sync": {"enabled": True}},
+    "vllm": {"hfToken": {"existingSecret": "hf", "key": "token"}},
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "production": load_values(PRODUCTION_VALUES),
+    "everything-on": EVERYTHING_ON,
+}
+
+
+def gateway_pod(rendered: Rendered) -> dict[str, Any]:
+    pod: dict[str, Any] = rendered.one("Deployment", GATEWAY)["spec"]["template"]["spec"]
+    return pod
+
+
+def vllm_pod(rendered: Rendered, name: str = VLLM) -> dict[str, Any]:
+    pod: dict[str, Any] = rendered.one("Deployment", name)["spec"]["template"]["spec"]
+    return pod
