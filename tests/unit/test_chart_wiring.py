@@ -43,6 +43,9 @@ def test_qdrant_in_the_release_or_external() -> None:
     production = render(VARIANTS["production"])
     assert production.gateway_config()["rag"]["store"] == {"url": "https://qdrant.example.internal:6333"}
     assert not production.of_kind("StatefulSet"), "no Qdrant in the release with an external one"
+    egress = production.one("NetworkPolicy", GATEWAY)["spec"]["egress"]
+    assert {"ports": [{"port": 6333, "protocol": "TCP"}]} in egress, "the gateway may reach the external Qdrant"
+    assert {"ports": [{"port": 443, "protocol": "TCP"}]} in egress, "and OpenAI"
     embedded = render({"qdrant": {"enabled": False}})
     assert embedded.gateway_config()["rag"]["store"] == {"path": "/var/lib/turnout/qdrant"}
     mounts = {m["mountPath"] for m in container(gateway_pod(embedded), "gateway")["volumeMounts"]}
@@ -62,6 +65,8 @@ def test_redis_address_reaches_the_gateway_only_when_set() -> None:
         "name": "TURNOUT_REDIS_URL",
         "value": f"redis://{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:6379/0",
     }
+    external = render({"redis": {"url": "redis://cache.internal:6380/1"}}).one("NetworkPolicy", GATEWAY)
+    assert {"ports": [{"port": 6380, "protocol": "TCP"}]} in external["spec"]["egress"]
     assert redis_env({"redis": {"url": "redis://cache.internal:6379/1"}}) == {
         "name": "TURNOUT_REDIS_URL",
         "value": "redis://cache.internal:6379/1",
@@ -136,6 +141,8 @@ def test_inference_pool_selects_the_vllm_pods_and_the_gateway_sends_to_it() -> N
     assert "turnout/model" in pool["spec"]["selector"]["matchLabels"], "one pool per base model"
     assert pool["spec"]["targetPorts"] == [{"number": 8000}]
     assert pool["spec"]["endpointPickerRef"] == {"name": "epp", "port": {"number": 9002}, "failureMode": "FailClose"}
+    egress = rendered.one("NetworkPolicy", GATEWAY)["spec"]["egress"]
+    assert {"ports": [{"port": 80, "protocol": "TCP"}]} in egress, "the gateway may reach the inference Gateway"
     config = rendered.gateway_config()["vllm"]
     assert config["url"] == "http://inference-gw.turnout.svc:80"
     assert "discovery" not in config

@@ -234,3 +234,11 @@ discovery:
 {{- $_ := set $config "rag" $rag }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/* The TCP port of a URL: its own, else the scheme's. */}}
+{{- define "turnout.urlPort" -}}
+{{- $url := urlParse . }}
+{{- $port := get (dict "https" "443" "http" "80" "redis" "6379" "rediss" "6379") $url.scheme | default "80" }}
+{{- if regexMatch ":[0-9]+$" $url.host }}{{- $port = last (splitList ":" $url.host) }}{{- end }}
+{{- $port }}
+{{- end }}
