@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install tools bench-tools vllm-env assets demo demo-fleet test lint typecheck unit e2e bench bench-overhead \
-	bench-fleet clean
+	bench-fleet chart-files clean
 
 install: $(STAMP)
 
@@ -56,6 +56,13 @@ e2e: install assets tools
 
 test: install assets tools lint typecheck
 	$(BIN)/pytest
+
+# The chart's PrometheusRule and Grafana dashboard are built from copies of deploy/'s files inside the chart
+# (Helm reads only files within a chart, and a packaged chart must carry them); deploy/ is where they are
+# edited. tests/unit/test_chart.py fails when the copies differ: run this after editing either file.
+chart-files:
+	cp deploy/prometheus/alerts.yml helm/turnout/files/alerts.yml
+	cp deploy/grafana/turnout-dashboard.json helm/turnout/files/turnout-dashboard.json
 
 # wrk (Debian's package) drives the concurrency-32 phase of the overhead benchmark; without it (no registry)
 # the benchmark's own Python generator does, and says so.
