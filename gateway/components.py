@@ -27,6 +27,7 @@ from gateway.accounting.ledger import Accounting
 from gateway.accounting.prices import PriceBook
 from gateway.accounting.usage import TokenCounter
 from gateway.adapters.manager import ManagerSettings
+from gateway.adapters.served import ServedAdapters
 from gateway.adapters.validation import BaseModelFacts
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, TurnoutConfig, load_config
@@ -82,10 +83,12 @@ class Components:
         ingestor: Ingestor | None,
         metrics: Metrics,
         rag_backend: RagBackend | None = None,
+        served: ServedAdapters | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.fleet = fleet
+        self.served = served or ServedAdapters(config.adapters, config.adapter_store)
         self.service = service
         self.store = store
         self.ingestor = ingestor
@@ -146,7 +149,7 @@ class Components:
             if embedder is not None and embedder is not self.service.embedder:
                 embedder.close()  # loaded for this reload only
             raise ConfigRejected(f"configuration not reloaded: {self.config_path}: {exc}") from exc
-        self.fleet.update(new.adapters)
+        self.fleet.update(self.served.use(new.adapters, new.adapter_store))
         self.metrics.declare(new.adapters, new.rag.collections)
         if self._rag_backend is not None:
             self._rag_backend.use_collections(new.rag.collections)
@@ -166,6 +169,22 @@ class Components:
             "policies": list(new.policies),
             "needs_restart": restart,
         }
+
+
+async def watch_store(served: ServedAdapters, fleet: Fleet) -> None:
+    """Read the adapter store's names every ``watch_interval_s``; a name moved to another version is handed to
+    the fleet (new requests go to the new version, those in flight finish on the old one)."""
+    while True:
+        await asyncio.sleep(served.store.watch_interval_s)
+        if not served.watched():
+            continue
+        try:
+            moved = await asyncio.to_thread(served.refresh)
+        except Exception:  # one failed reading is logged; the next one runs (the store may be remounting)
+            log.exception("reading the adapter store's names failed")
+            continue
+        if moved is not None:
+            fleet.update(moved)
 
 
 def price_book(config: TurnoutConfig) -> PriceBook:
@@ -210,9 +229,12 @@ async def build_components(
         base=base_model_facts(config),
         evict=vllm.eviction == "gateway",
     )
-    fleet = Fleet(vllm, config.adapters, settings, session, metrics, resolver=resolver, placement=placement)
+    served = ServedAdapters(config.adapters, config.adapter_store)
+    fleet = Fleet(vllm, served.current, settings, session, metrics, resolver=resolver, placement=placement)
     stack.push_async_callback(fleet.aclose)  # its background tasks stop before the session closes
     await fleet.start()
+    watcher = asyncio.create_task(watch_store(served, fleet), name="adapter-store-watch")
+    stack.callback(watcher.cancel)
     try:
         embedder = await _embedder_for(config, None, metrics)
     except EmbedderError as exc:
@@ -253,6 +275,6 @@ async def build_components(
         TokenCounter, tokenizer, openai_backend.count_tokens if policies_use_openai(config) else None
     )
     service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter))
-    components = Components(config, config_path, fleet, service, store, ingestor, metrics, rag_backend)
+    components = Components(config, config_path, fleet, service, store, ingestor, metrics, rag_backend, served)
     stack.push_async_callback(components.aclose)
     return components

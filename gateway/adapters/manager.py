@@ -17,12 +17,17 @@ chooses between them). Guarantees:
 * a load vLLM refuses or fails marks the adapter failed on this server, with vLLM's reason: requests do
   not try it here again until a back-off (doubling from ``retry_after_s`` to ``retry_max_s``) has passed;
 * self-healing: when vLLM answers that it does not know an adapter (it restarted, or its LRU evicted
-  it), residency is re-read from its ``/v1/models`` and the adapter is loaded again.
+  it), residency is re-read from its ``/v1/models`` and the adapter is loaded again;
+* versions: an adapter served from the adapter store is loaded under its version's own vLLM name
+  (``NAME@sha256-...``). When its served name moves to another version, new requests go to the new one
+  while those in flight finish on the old one, which is then unloaded (with ``evict``; else vLLM's LRU
+  drops it, since nothing asks for it any more). Going back to a version still loaded reuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from gateway.adapters.served import unresolved_reason
 from gateway.adapters.validation import BaseModelFacts, validate_adapter
 from gateway.config import AdapterConfig
 from gateway.errors import CapacityExhausted, InvalidAdapter, ModelNotFound, TurnoutError, UpstreamError
@@ -48,18 +54,23 @@ FREE, WANTED, PINNED = 0, 1, 2
 
 @dataclass(slots=True)
 class _Adapter:
-    name: str
+    name: str  # the served name; a version replaced by another goes by its vLLM name
     spec: AdapterConfig
+    lora: str = ""  # the name vLLM knows it by (``spec.vllm_name``)
     resident: bool = False
     in_flight: int = 0
     last_used: int = 0
     loading: asyncio.Task[None] | None = None
     loads: int = 0
-    declared: bool = True  # False once a reload removed it: never routed to, evicted first
+    declared: bool = True  # False once a reload removed it (or another version replaced it): never routed to,
+    # evicted first
     stale: bool = False  # its files changed on reload while loaded: reload it in place on next use
     failure: TurnoutError | None = None  # what the last load on this server failed with (vLLM's answer)
     failures: int = 0  # consecutive failed loads, for the back-off
     retry_at: float = 0.0  # event-loop time before which a failed load is not tried again here
+
+    def __post_init__(self) -> None:
+        self.lora = self.spec.vllm_name(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +87,17 @@ class ManagerSettings:
 
 class Lease:
     """A request's hold on a loaded adapter: while held, the adapter is never evicted. ``then`` runs once
-    with the release (what else the request held on the same server: its place in the server's load)."""
+    with the release (what else the request held on the same server: its place in the server's load).
+    ``lora`` is the name to send to vLLM, ``version`` the store version (None for an adapter's own path)."""
 
-    __slots__ = ("_adapter", "_manager", "_released", "then")
+    __slots__ = ("_adapter", "_manager", "_released", "lora", "then", "version")
 
     def __init__(self, manager: AdapterManager, adapter: _Adapter) -> None:
         self._manager = manager
         self._adapter = adapter
         self._released = False
+        self.lora = adapter.lora
+        self.version = adapter.spec.version
         self.then: Callable[[], None] | None = None
 
     def release(self) -> None:
@@ -142,12 +156,31 @@ class AdapterManager:
         adapter.last_used = self._tick
         return lease
 
-    def update(self, adapters: Mapping[str, AdapterConfig]) -> None:
-        """Apply a reloaded configuration's adapters: add new ones, retire removed ones, note moved ones."""
+    def update(self, adapters: Mapping[str, AdapterConfig]) -> set[str]:
+        """Apply a reloaded configuration's adapters (or a store name moved to another version): add new ones,
+        retire removed ones and replaced versions, note moved files. Returns the adapters whose version changed
+        while the old one was loaded here (worth loading the new one here now)."""
+        moved = set()
         for name, spec in adapters.items():
+            lora = spec.vllm_name(name)
             current = self._adapters.get(name)
+            if current is not None and current.lora != lora:
+                if current.resident or current.loading is not None:
+                    moved.add(name)
+                    self._retire(current)
+                elif current.in_flight:
+                    self._retire(current)
+                else:
+                    del self._adapters[name]
+                current = None
             if current is None:
-                self._adapters[name] = _Adapter(name, spec)
+                revived = self._adapters.get(lora) if lora != name else None  # back to a version still loaded
+                if revived is not None and not revived.declared:
+                    del self._adapters[lora]
+                    revived.name, revived.spec, revived.declared = name, spec, True
+                    self._adapters[name] = revived
+                else:
+                    self._adapters[name] = _Adapter(name, spec)
                 continue
             if (current.spec.path, current.spec.served_path) != (spec.path, spec.served_path):
                 current.stale = current.resident or current.loading is not None
@@ -156,6 +189,8 @@ class AdapterManager:
         for name, adapter in self._adapters.items():
             if name not in adapters:
                 adapter.declared = False
+        self._drop_retired()
+        return moved
 
     async def heal(self, name: str) -> set[str]:
         """vLLM said it does not know ``name``: forget what we believed and re-read its adapter list.
@@ -178,7 +213,7 @@ class AdapterManager:
         waits for a slot, takes a free one unless ``evict`` (then it may unload idle adapters that are not
         pinned), and a failure is logged (and marked), not raised. True when it is loaded."""
         adapter = self._adapters.get(name)
-        if adapter is None or not adapter.declared or self.blocked(name) is not None:
+        if adapter is None or not adapter.declared or adapter.spec.path is None or self.blocked(name) is not None:
             return False
         adapter.in_flight += 1
         lease = Lease(self, adapter)
@@ -237,7 +272,9 @@ class AdapterManager:
             )
             row: dict[str, Any] = {
                 "name": a.name,
-                "path": str(a.spec.path),
+                "vllm_name": a.lora,
+                "version": a.spec.version,
+                "path": None if a.spec.path is None else str(a.spec.path),
                 "state": state,
                 "resident": a.resident,
                 "loading": a.loading is not None,
@@ -266,6 +303,46 @@ class AdapterManager:
         if adapter.in_flight == 0:
             self._releases += 1
             self._slot_freed.set()
+            if not adapter.declared and adapter.spec.store is not None:
+                self._drop_retired()  # the last request on a replaced version ended
+
+    def _retire(self, adapter: _Adapter) -> None:
+        """Another version replaces ``adapter`` under its served name: it stays, under its vLLM name, for the
+        requests it is serving (and for a quick way back), and is unloaded once idle."""
+        del self._adapters[adapter.name]
+        self._adapters.pop(adapter.lora, None)
+        adapter.name, adapter.declared = adapter.lora, False
+        self._adapters[adapter.lora] = adapter
+        log.info("adapter %s replaced on %s: draining %d request(s)", adapter.lora, self.replica, adapter.in_flight)
+
+    def _drop_retired(self) -> None:
+        """Forget replaced versions that are not loaded (or that a declared adapter serves too); unload the
+        idle loaded ones (with ``evict``)."""
+        serving = {a.lora for a in self._adapters.values() if a.declared}
+        for key, adapter in list(self._adapters.items()):
+            if adapter.declared or adapter.spec.store is None or key != adapter.lora:
+                continue  # not a replaced version (a removed adapter is evicted first, when room is needed)
+            if adapter.in_flight or adapter.loading is not None:
+                continue
+            if not adapter.resident or adapter.lora in serving:
+                del self._adapters[key]
+                if self.metrics is not None:
+                    self.metrics.forget_replica(self.replica, [key])
+            elif self.settings.evict:
+                self._unload_soon(adapter)
+
+    def _unload_soon(self, adapter: _Adapter) -> None:
+        async def unload() -> None:
+            async with self._ops:
+                if adapter.resident and adapter.in_flight == 0 and not adapter.declared:
+                    with contextlib.suppress(TurnoutError):
+                        await self._unload(adapter)
+            adapter.loading = None  # (the done callback runs only after this task ends)
+            self._drop_retired()
+
+        if adapter.loading is None:
+            adapter.loading = asyncio.create_task(unload(), name=f"unload-adapter-{adapter.lora}")
+            adapter.loading.add_done_callback(partial(_loaded, adapter))
 
     def _need(self, adapter: _Adapter) -> int:
         if not adapter.declared or self._keep is None:
@@ -300,12 +377,14 @@ class AdapterManager:
             listed = {m["id"] for m in models}
             lost = set()
             for adapter in self._adapters.values():
-                if adapter.resident and adapter.name not in listed:
+                if adapter.resident and adapter.lora not in listed:
                     lost.add(adapter.name)
-                adapter.resident = adapter.name in listed
+                adapter.resident = adapter.lora in listed
             # LoRA adapters (entries with a parent) loaded by someone else still take this server's slots
-            self._foreign = sum(1 for m in models if m.get("parent") and m["id"] not in self._adapters)
+            ours = {adapter.lora for adapter in self._adapters.values()}
+            self._foreign = sum(1 for m in models if m.get("parent") and m["id"] not in ours)
             self._publish()
+            self._drop_retired()
             return lost
 
     async def _load(self, adapter: _Adapter, wait: bool, spare: int) -> None:
@@ -330,6 +409,8 @@ class AdapterManager:
     async def _load_once(self, adapter: _Adapter, wait: bool, spare: int) -> None:
         settings = self.settings
         spec = adapter.spec  # the files checked are the files loaded, even if a reload moves them meanwhile
+        if spec.path is None:
+            raise InvalidAdapter(unresolved_reason(adapter.name, spec), param="model")
         # Checked before anything is sent: a bad adapter never reaches vLLM.
         await asyncio.to_thread(
             validate_adapter, adapter.name, Path(spec.path), max_rank=settings.max_rank, base=settings.base
@@ -367,7 +448,7 @@ class AdapterManager:
         """Load (or reload in place) the adapter's files; the caller holds the operations lock."""
         settings = self.settings
         served_path = spec.served_path or str(spec.path)
-        payload: dict[str, Any] = {"lora_name": adapter.name, "lora_path": served_path}
+        payload: dict[str, Any] = {"lora_name": adapter.lora, "lora_path": served_path}
         if adapter.stale:
             payload["load_inplace"] = True
         started = time.perf_counter()
@@ -382,7 +463,7 @@ class AdapterManager:
             adapter.stale = (adapter.spec.path, adapter.spec.served_path) != (spec.path, spec.served_path)
             adapter.loads += 1
             adapter.failure, adapter.failures = None, 0
-            log.info("adapter %s loaded on %s", adapter.name, self.upstream.url)
+            log.info("adapter %s loaded on %s", adapter.lora, self.upstream.url)
             return
         failure: TurnoutError
         if status in (400, 404, 422):
@@ -425,7 +506,7 @@ class AdapterManager:
 
     async def _unload(self, adapter: _Adapter) -> None:
         status, body = await self.upstream.request(
-            "POST", "/v1/unload_lora_adapter", {"lora_name": adapter.name}, timeout_s=self.settings.load_timeout_s
+            "POST", "/v1/unload_lora_adapter", {"lora_name": adapter.lora}, timeout_s=self.settings.load_timeout_s
         )
         if status not in (200, 404):  # 404: already gone, which is what we wanted
             raise UpstreamError(f"vLLM failed to unload adapter {adapter.name!r} ({status}): {error_message(body)[0]}")
@@ -436,7 +517,7 @@ class AdapterManager:
             if adapter.declared:
                 self.metrics.adapter_evictions.labels(adapter.name).inc()
         self._publish()
-        log.info("adapter %s evicted from %s", adapter.name, self.upstream.url)
+        log.info("adapter %s unloaded from %s", adapter.lora, self.upstream.url)
 
 
 def _loaded(adapter: _Adapter, _task: asyncio.Task[None]) -> None:

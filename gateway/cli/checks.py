@@ -67,7 +67,7 @@ def adapters_list(
     resident = set().union(*answered) if answered else None
     rows = _adapter_rows(settings, resident)
     for row in rows:
-        row["replicas"] = [replica for replica, names in listings.items() if names is not None and row["name"] in names]
+        row["replicas"] = [r for r, names in listings.items() if names is not None and row["vllm_name"] in names]
     invalid = [row["name"] for row in rows if row["problem"]]
     if as_json:
         reachable = {replica: names is not None for replica, names in listings.items()}
@@ -88,23 +88,30 @@ def adapters_list(
 
 
 def _adapter_rows(settings: TurnoutConfig, resident: set[str] | None) -> list[dict[str, Any]]:
+    from gateway.adapters.served import resolve, unresolved_reason
     from gateway.adapters.validation import validate_adapter
     from gateway.components import base_model_facts
     from gateway.errors import InvalidAdapter
 
     base = base_model_facts(settings)
     rows = []
-    for name, spec in settings.adapters.items():
-        try:
-            validate_adapter(name, spec.path, max_rank=settings.vllm.max_lora_rank, base=base)
-            problem = ""
-        except InvalidAdapter as exc:
-            problem = exc.message
+    for name, spec in resolve(settings.adapters, settings.adapter_store).items():
+        problem = ""
+        if spec.path is None:
+            problem = unresolved_reason(name, spec)
+        else:
+            try:
+                validate_adapter(name, spec.path, max_rank=settings.vllm.max_lora_rank, base=base)
+            except InvalidAdapter as exc:
+                problem = exc.message
+        lora = spec.vllm_name(name)
         rows.append(
             {
                 "name": name,
-                "path": str(spec.path),
-                "resident": None if resident is None else name in resident,
+                "vllm_name": lora,
+                "version": spec.version,
+                "path": "" if spec.path is None else str(spec.path),
+                "resident": None if resident is None else lora in resident,
                 "problem": problem,
             }
         )

@@ -25,7 +25,6 @@ from pydantic_settings import SettingsError
 from gateway.config import references
 from gateway.config.model import (
     PACKAGED_EMBEDDER,
-    AdapterConfig,
     ApiKeyConfig,
     BaseModelConfig,
     CollectionConfig,
@@ -313,7 +312,7 @@ def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
         return p if p.is_absolute() else (base / p).resolve()
 
     adapters = {
-        name: AdapterConfig.model_validate({**spec.model_dump(), "path": resolve(spec.path)})
+        name: spec if spec.path is None else spec.model_copy(update={"path": resolve(spec.path)})
         for name, spec in config.adapters.items()
     }
     base_model = config.base_model

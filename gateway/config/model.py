@@ -201,8 +201,31 @@ class BaseModelConfig(Section):
     )
 
 
+def _store_version(value: str) -> str:
+    if not re.fullmatch(r"sha256-[0-9a-f]{12}", value):
+        raise ValueError(f"{value!r} is not a store version: sha256- and 12 hex digits (turnout adapters versions)")
+    return value
+
+
+StoreVersion = Annotated[str, AfterValidator(_store_version)]
+
+
 class AdapterConfig(Section):
-    path: Path = Field(description="Directory with adapter_config.json and the weights. Relative to the config file.")
+    path: Path | None = Field(
+        None,
+        description="Directory with adapter_config.json and the weights. Relative to the config file. Exactly one "
+        "of path and store.",
+    )
+    store: ModelName | None = Field(
+        None,
+        description="Serve a version from the adapter store (adapter_store.path) instead of a path: the one the "
+        "store's name STORE points at, moved by turnout adapters push, activate and rollback; or version.",
+    )
+    version: StoreVersion | None = Field(
+        None,
+        description="A fixed store version (sha256-<12 hex>) instead of the one store's name points at: a canary "
+        "beside it, or a version held back.",
+    )
     served_path: str | None = Field(
         None,
         description="The directory as the vLLM server sees it, when it differs from path (another host).",
@@ -224,6 +247,23 @@ class AdapterConfig(Section):
     )
 
     @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.path is None) == (self.store is None):
+            raise ValueError("give exactly one of path (a directory) and store (a name in the adapter store)")
+        if self.version is not None and self.store is None:
+            raise ValueError("version names a version in the adapter store: it needs store")
+        if self.served_path is not None and self.store is not None:
+            raise ValueError("served_path is for a path; for the store, set adapter_store.served_path")
+        return self
+
+    def vllm_name(self, name: str) -> str:
+        """The name vLLM knows the adapter by: ``STORE@VERSION`` for a store version (the store's directory
+        name, so that different weights never share a vLLM name), else ``name``, the served one."""
+        if self.store is not None and self.version is not None:
+            return f"{self.store}@{self.version}"
+        return name
+
+    @model_validator(mode="after")
     def _replica_bounds(self) -> Self:
         if self.pinned and (self.min_replicas > 0 or self.max_replicas is not None):
             raise ValueError("a pinned adapter is on every replica: min_replicas and max_replicas do not apply to it")
@@ -237,6 +277,16 @@ class AdapterStoreConfig(Section):
         None,
         description="Root of the adapter store (immutable NAME@sha256-... versions; `turnout adapters push`). "
         "Relative to the config file.",
+    )
+    served_path: str | None = Field(
+        None, description="The store's root as the vLLM servers see it, when it differs from path (another host)."
+    )
+    watch_interval_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="How often the store's served names are read: a name moved to another version is served from "
+        "it within this many seconds.",
     )
 
 
@@ -480,6 +530,7 @@ class TurnoutConfig(BaseSettings):
     def _references_hold(self) -> Self:
         found = references.problems(self.declared())
         found += self._pinned_problems()
+        found += self._store_problems()
         if self.serves_embeddings:
             found += self._embedding_name_problems()
         if found:
@@ -518,6 +569,16 @@ class TurnoutConfig(BaseSettings):
                 f"vllm.max_resident ({self.vllm.max_resident})"
             ]
         return []
+
+    def _store_problems(self) -> list[str]:
+        if self.adapter_store.path is not None:
+            return []
+        return [
+            f"{references.key_path(('adapters', name, 'store'))}: adapters served from the store need "
+            "adapter_store.path"
+            for name, spec in self.adapters.items()
+            if spec.store is not None
+        ]
 
     def _embedding_name_problems(self) -> list[str]:
         name = self.embeddings.served_name

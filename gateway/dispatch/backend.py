@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from gateway.accounting.ledger import Ledger
@@ -21,6 +22,7 @@ from gateway.protocol.requests import PATHS, Endpoint
 from routing import RequestFeatures, Target, TargetKind
 
 REPLICA_HEADER = "x-turnout-replica"
+VERSION_HEADER = "x-turnout-adapter-version"
 
 
 class Answer(Protocol):
@@ -97,18 +99,19 @@ class VllmBackend:
 
     The fleet names the replica; a request it could not be sent to (the replica is down, silent or
     overloaded, or cannot load the adapter) is tried on another before its first byte, and every answer
-    says which replica gave it (``x-turnout-replica``)."""
+    says which replica gave it (``x-turnout-replica``). An adapter served from the adapter store is sent under
+    its version's vLLM name, and its answer says which version (``x-turnout-adapter-version``)."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
 
     async def open(self, target: Target, call: Call) -> Opened:
-        body = shape_body(call.raw, call.data, call.endpoint, target, target.name)
         call.ledger.added_to_prompt(target.system_prompt)
-        return await self.open_body(target, call, body)
+        return await self.open_shaped(target, call, partial(shape_body, call.raw, call.data, call.endpoint, target))
 
-    async def open_body(self, target: Target, call: Call, body: bytes) -> Opened:
-        """Send ``body`` (already shaped for ``target``) for ``call``."""
+    async def open_shaped(self, target: Target, call: Call, shape: Callable[[str], bytes]) -> Opened:
+        """Send for ``call`` the body ``shape`` makes for the name vLLM knows the model by: the target's name,
+        or the adapter version's, known only once the adapter is held (a store name may move meanwhile)."""
         fleet = self.fleet
         adapter = target.name if target.kind is TargetKind.ADAPTER else None
         replica = fleet.pick(adapter)
@@ -116,6 +119,7 @@ class VllmBackend:
             raise fleet.none_left(adapter)
         path, request_id, ledger = call.path, call.features.request_id or None, call.ledger
         tried: list[Replica] | None = None  # made only when a replica fails: the hot path allocates nothing
+        body, shaped_for = (shape(target.name), target.name) if adapter is None else (b"", "")
         while True:
             upstream = replica.upstream
             replica.hold()
@@ -127,6 +131,8 @@ class VllmBackend:
                 else:
                     with ledger.waiting_elsewhere():
                         lease = await replica.adapters.acquire(adapter)  # a load, when the adapter is not resident
+                    if lease.lora != shaped_for:
+                        body, shaped_for = shape(lease.lora), lease.lora
                     with ledger.sending():
                         try:
                             response = await upstream.open(path, body, model=adapter, request_id=request_id)
@@ -137,6 +143,8 @@ class VllmBackend:
                             lease = None
                             fleet.forgotten(replica, await replica.adapters.heal(adapter))
                             lease = await replica.adapters.acquire(adapter)
+                            if lease.lora != shaped_for:
+                                body, shaped_for = shape(lease.lora), lease.lora
                             response = await upstream.open(path, body, model=adapter, request_id=request_id)
             except BaseException as exc:
                 if lease is not None:
@@ -159,4 +167,7 @@ class VllmBackend:
             if lease is None:
                 return Opened(response, replica.release, headers={REPLICA_HEADER: replica.name})
             lease.then = replica.release
-            return Opened(response, lease.release, headers={REPLICA_HEADER: replica.name})
+            headers = {REPLICA_HEADER: replica.name}
+            if lease.version is not None:
+                headers[VERSION_HEADER] = lease.version
+            return Opened(response, lease.release, headers=headers)

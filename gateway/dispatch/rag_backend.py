@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from gateway.config.model import CollectionConfig
@@ -81,9 +82,9 @@ class RagBackend:
             prompt = f"{prompt}\n\n{context}" if prompt else context
         shaped = replace(target.generator, system_prompt=prompt, caps=target.caps)
         ledger.added_to_prompt(prompt)
-        body = shape_body(call.raw, call.data, call.endpoint, shaped, target.generator.name)
         citations = [hit.citation(n, collection.snippet_chars) for n, hit in enumerate(hits, start=1)]
-        opened = await self.generator.open_body(target.generator, call, body)
+        shape = partial(shape_body, call.raw, call.data, call.endpoint, shaped)
+        opened = await self.generator.open_shaped(target.generator, call, shape)
         return opened.cited(citations, headers)
 
     async def _retrieve(self, collection: str, call: Call, top_k: int, threshold: float) -> list[Hit]:

@@ -125,8 +125,10 @@ class Fleet:
         """A reload's adapters: every replica learns them, and the declared state is reconciled again."""
         self._adapters = dict(adapters)
         for replica in self._replicas:
-            replica.adapters.update(adapters)
+            moved = replica.adapters.update(adapters)
             self.metrics.declare_replica(replica.name, adapters)
+            for name in moved:  # a new version where the old one is loaded: load it there now, in its place
+                self._spread(name, replica, evict=True)
         self._reconcile_soon()
 
     # -- the request path -------------------------------------------------------------------------
@@ -207,7 +209,9 @@ class Fleet:
             adapters.append(
                 {
                     "name": name,
-                    "path": str(spec.path),
+                    "path": None if spec.path is None else str(spec.path),
+                    "store": spec.store,
+                    "version": spec.version,
                     "pinned": spec.pinned,
                     "min_replicas": spec.min_replicas,
                     "max_replicas": spec.max_replicas,
@@ -454,7 +458,9 @@ class Fleet:
 
         await asyncio.gather(*(load(replica, names) for replica, names in plan.items()))
 
-    def _spread(self, adapter: str, replica: Replica) -> None:
+    def _spread(self, adapter: str, replica: Replica, *, evict: bool = False) -> None:
+        """Load ``adapter`` on ``replica`` in the background: it is busy elsewhere, or (``evict``) its new version
+        replaces the one loaded there."""
         key = (adapter, replica.name)
         if key in self._spreading:
             return
@@ -462,8 +468,9 @@ class Fleet:
 
         async def load() -> None:
             try:
-                if await replica.adapters.preload(adapter):
-                    log.info("adapter %s is busy: also loaded on %s", adapter, replica.name)
+                if await replica.adapters.preload(adapter, evict=evict):
+                    why = "its new version" if evict else "it is busy: also"
+                    log.info("adapter %s: %s loaded on %s", adapter, why, replica.name)
             finally:
                 self._spreading.discard(key)
 

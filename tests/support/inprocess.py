@@ -227,16 +227,16 @@ def gateway_config(
 ) -> TurnoutConfig:
     """A validated configuration in front of ``upstream_url`` (several: ``vllm.replicas``; None: the ``vllm``
     mapping says where, with ``discovery``): ``adapters`` share ``adapter_dir`` (the upstream tells them apart
-    by name), ``paths`` give others their own directory, ``options`` add keys to adapters (``pinned``...),
-    ``vllm`` adds to the vllm section, and ``sections`` are further top-level sections as the YAML file would
-    hold them.
+    by name), ``paths`` give others their own directory, ``options`` add keys to adapters (``pinned``...) or
+    declare others (``{"store": NAME}``), ``vllm`` adds to the vllm section, and ``sections`` are further
+    top-level sections as the YAML file would hold them.
 
     ``TURNOUT_*`` variables of the environment running the tests are not applied: these configurations
     are the whole truth of what each test runs."""
     declared = {name: {"path": str(adapter_dir)} for name in adapters}
     declared.update({name: {"path": str(path)} for name, path in (paths or {}).items()})
     for name, extra in (options or {}).items():
-        declared[name] = {**declared[name], **extra}
+        declared[name] = {**declared.get(name, {}), **extra}  # a name only here: {"store": ...} and the like
     where: dict[str, Any] = {}
     if isinstance(upstream_url, str):
         where["url"] = upstream_url

@@ -35,7 +35,7 @@ def test_minimal_file_gets_defaults_and_relative_paths_resolve(tmp_path: Path) -
         ("vllm:\n  model: m\n  bogus: 1\n", "vllm.bogus: unknown key"),
         ("vllm:\n  url: ftp://x\n  model: m\n", "vllm.url: 'ftp://x' is not an http(s) URL"),
         ("server:\n  port: 8080\n", "vllm: required key is missing"),
-        ("vllm:\n  model: m\nadapters:\n  a: {}\n", "adapters.a.path: required key is missing"),
+        ("vllm:\n  model: m\nadapters:\n  a: {}\n", "adapters.a: give exactly one of path (a directory) and store"),
         ("vllm:\n  model: m\nadapters:\n  'bad name': {path: x}\n", "'bad name' is not a valid model name"),
         ("vllm:\n  model: m\nadapters:\n  m: {path: x}\n", "adapters.m: the name is also the base model's name"),
         ("vllm:\n  model: [m\n", "invalid YAML"),

@@ -96,7 +96,7 @@ def test_a_valid_schema_with_broken_references_reports_them_all(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("config", "key"),
     [
-        ({"vllm": {"model": "m"}, "adapters": {"llama-3.1": {}}}, 'adapters["llama-3.1"].path'),
+        ({"vllm": {"model": "m"}, "adapters": {"llama-3.1": {"path": 1}}}, 'adapters["llama-3.1"].path'),
         ({"vllm": {"model": "m"}, "adapters": {"bad name": {"path": "x"}}}, 'adapters["bad name"]'),
         (
             {"vllm": {"model": "m"}, "costs": {"openai": {"models": {"ft:gpt-4o-mini:acme::x": {"input": -1}}}}},
