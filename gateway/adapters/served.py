@@ -29,7 +29,8 @@ def resolve(
     previous: Mapping[str, AdapterConfig] | None = None,
 ) -> dict[str, AdapterConfig]:
     """``adapters`` with every store adapter resolved to its version now. A name whose pointer cannot be
-    read (a damaged file) keeps its ``previous`` resolution, and the problem is logged."""
+    read (a damaged file), or that names a version whose directory is not there yet (a store synced from object
+    storage, where pointers may arrive before versions), keeps its ``previous`` resolution, and says so in the log."""
     if store.path is None or not any(spec.store is not None for spec in adapters.values()):
         return dict(adapters)
     root = AdapterStore(store.path)
@@ -48,7 +49,13 @@ def resolve(
                 served[name] = kept if kept is not None else spec
                 continue
             version = alias.current if alias is not None else None
-        served[name] = _at(spec, root, store.served_path, version)
+        resolved = _at(spec, root, store.served_path, version)
+        kept = (previous or {}).get(name)
+        if resolved.path is None and kept is not None and kept.path is not None and spec.version is None:
+            # the pointer names a version whose files have not arrived (a store synced from object storage)
+            log.warning("adapter %s: version %s is not in the store yet; keeping %s", name, version, kept.version)
+            resolved = kept
+        served[name] = resolved
     return served
 
 

@@ -79,13 +79,16 @@ def test_a_name_with_nothing_active_is_not_served_and_says_how_to_fix_it(tmp_pat
     assert "version sha256-000000000000 of 'formal', which is not in" in unresolved_reason("old", absent["old"])
 
 
-def test_a_damaged_pointer_keeps_the_version_being_served(tmp_path: Path) -> None:
+def test_a_damaged_pointer_or_a_version_not_arrived_keeps_the_version_being_served(tmp_path: Path) -> None:
     store, v1, v2 = _two_versions(tmp_path, "formal")
     watched = ServedAdapters({"formal": AdapterConfig(store="formal")}, AdapterStoreConfig(path=store.root))
     assert watched.watched()
     assert watched.refresh() is None  # nothing moved
     (store.root / ".aliases" / "formal.json").write_text("{not json")
     assert watched.refresh() is None
+    assert watched.current["formal"].version == v1
+    (store.root / ".aliases" / "formal.json").write_text(json.dumps({"current": "sha256-0123456789ab"}))
+    assert watched.refresh() is None  # a version not arrived yet
     assert watched.current["formal"].version == v1
     (store.root / ".aliases" / "formal.json").write_text(json.dumps({"current": v2, "history": [v1]}))
     moved = watched.refresh()
