@@ -9,6 +9,9 @@ servers directly, since a proxy would answer for a server that is gone.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ from typing import Any
 import localstack
 import openai
 import pytest
+import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.gateway import GatewayProcess
@@ -30,6 +34,7 @@ from tests.support.vllm_api import loaded_adapters, unload_all
 PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Write one line about lighthouses."}]
 HEALTH = {"interval_s": 0.5, "timeout_s": 2, "eject_after": 2}
 REPLICA = "x-turnout-replica"
+VERSION = "x-turnout-adapter-version"
 
 
 @pytest.fixture(scope="session")
@@ -175,6 +180,103 @@ def test_two_gateways_share_both_replicas_without_a_failed_request_or_thrash(
         list(pool.map(run, jobs))
     assert all(p.unloads() == [] for p in proxies)
     assert all(len(p.loads(name)) <= 2 for p in proxies for name in ("formal", "terse", "pirate"))
+
+
+def _answer(client: openai.OpenAI, model: str, *, stream: bool = False) -> tuple[str, str | None, str]:
+    """A chat answer's text, its x-turnout-adapter-version, and the model the answer names."""
+    if not stream:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=PROMPT, max_tokens=8, temperature=0
+        )
+        completion = raw.parse()
+        return completion.choices[0].message.content or "", raw.headers.get(VERSION), completion.model
+    with client.chat.completions.with_streaming_response.create(
+        model=model, messages=PROMPT, max_tokens=8, temperature=0, stream=True
+    ) as response:
+        chunks = list(response.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, response.headers.get(VERSION), chunks[0].model
+
+
+def _turnout(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120)
+
+
+def _current(config_file: Path) -> str:
+    listed = _turnout("adapters", "versions", "voice", "--config", str(config_file), "--json")
+    assert listed.returncode == 0, listed.stderr
+    current: str = json.loads(listed.stdout)["current"]
+    return current
+
+
+def test_a_pushed_version_is_served_on_both_replicas_without_a_failed_request_and_rolled_back(
+    both: list[localstack.VllmServer], assets: Path, start_gateway: Any, tmp_path: Path
+) -> None:
+    config = gateway_config("", assets, max_resident=2)
+    del config["vllm"]["url"]
+    config["vllm"].update(replicas=[s.url for s in both], health=HEALTH)
+    config["adapter_store"] = {"path": str(tmp_path / "store"), "watch_interval_s": 0.5}
+    config["adapters"] = {
+        "voice": {"store": "voice", "pinned": True},
+        "formal": config["adapters"]["formal"],
+        "terse": config["adapters"]["terse"],
+    }
+    config_file = tmp_path / "turnout.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    pushed = _turnout("adapters", "push", "voice", str(assets / "adapters" / "formal"), "--config", str(config_file))
+    assert pushed.returncode == 0, pushed.stderr
+    v1 = _current(config_file)
+    gateway = start_gateway(config)
+    client = _client(gateway)
+    _until(lambda: all(f"voice@{v1}" in loaded_adapters(s.url) for s in both), "voice's version on both", 60)
+    formal, terse = _answer(client, "formal")[0], _answer(client, "terse")[0]
+    assert formal != terse  # the two sets of weights answer differently
+    assert _answer(client, "voice") == (formal, v1, f"voice@{v1}")  # the answer names the version it came from
+
+    outcomes: list[tuple[str, str | None]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def traffic(worker: int) -> None:
+        turn = 0
+        while not stop.is_set():
+            turn += 1
+            try:
+                text, version, _ = _answer(_client(gateway), "voice", stream=(turn + worker) % 2 == 0)
+                outcomes.append((text, version))
+            except openai.APIError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    workers = [threading.Thread(target=traffic, args=(n,)) for n in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        _until(lambda: len(outcomes) >= 6, "traffic on voice", 60)
+        moved = _turnout("adapters", "push", "voice", str(assets / "adapters" / "terse"), "--config", str(config_file))
+        assert moved.returncode == 0, moved.stderr
+        v2 = _current(config_file)
+        assert v2 != v1
+        moved_at = len(outcomes)
+        _until(
+            lambda: sum(version == v2 for _, version in outcomes[moved_at:]) >= 6, "answers from the new version", 120
+        )
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(120)
+    assert errors == []  # no request failed while the name moved
+    assert {(text, version) for text, version in outcomes} <= {(formal, v1), (terse, v2)}  # each whole, one version
+    assert outcomes[-1] == (terse, v2)
+    _until(
+        lambda: all(loaded_adapters(s.url) & {f"voice@{v1}", f"voice@{v2}"} == {f"voice@{v2}"} for s in both),
+        "the new version on both servers and the old one unloaded",
+        60,
+    )
+
+    rolled = _turnout("adapters", "rollback", "voice", "--config", str(config_file))
+    assert rolled.returncode == 0, rolled.stderr
+    _until(lambda: _answer(client, "voice")[1] == v1, "the rollback served", 60)
+    assert _answer(client, "voice", stream=True)[:2] == (formal, v1)
 
 
 @dataclass
