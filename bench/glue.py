@@ -6,24 +6,34 @@ the figure is routing, parsing, accounting, metrics and response writing, and no
 of another process. Useful to compare two versions of the hot path on one machine: run it from each
 checkout (``PYTHONPATH=CHECKOUT python bench/glue.py``), pinned to one core, and compare the best runs.
 
-Usage: python bench/glue.py [--requests 10000] [--runs 5] [--stream]
+Each run measures, side by side, a request for the base model, for an adapter declared by its directory, and
+for an adapter served from the adapter store (its version's vLLM name found per request); ``--target``
+measures one of them.
+
+Usage: python bench/glue.py [--requests 10000] [--runs 5] [--stream] [--target base|adapter|store]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import struct
+import tempfile
 import time
 from collections.abc import AsyncIterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 import gateway.upstream.client as upstream_client
+from gateway.adapters.store import AdapterStore
 from gateway.app import create_asgi_app
 from gateway.config import TurnoutConfig
 
 MODEL = "bench-model"
+TARGETS = {"base": MODEL, "adapter": "bench-adapter", "store": "bench-stored"}
 ANSWER = orjson.dumps(
     {
         "id": "chatcmpl-bench",
@@ -73,10 +83,37 @@ def answer_in_memory() -> None:
     upstream_client.Upstream.request = request  # type: ignore[method-assign]
 
 
-async def measure(requests: int, runs: int, stream: bool) -> list[float]:
+def write_adapter(directory: Path) -> Path:
+    """A minimal adapter the gateway's checks accept: its config and one rank-4 LoRA pair's header."""
+    directory.mkdir(parents=True)
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    (directory / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": MODEL}))
+    prefix, size = "base_model.model.model.layers.0.self_attn.q_proj", 4 * 16 * 4
+    header = {
+        f"{prefix}.lora_A.weight": {"dtype": "F32", "shape": [4, 16], "data_offsets": [0, size]},
+        f"{prefix}.lora_B.weight": {"dtype": "F32", "shape": [16, 4], "data_offsets": [size, 2 * size]},
+    }
+    raw = json.dumps(header).encode()
+    (directory / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(2 * size))
+    return directory
+
+
+def bench_config(folder: Path) -> TurnoutConfig:
+    """The base model, an adapter by its directory, and one served from the store."""
+    store = AdapterStore(folder / "store")
+    version, _ = store.push(TARGETS["store"], write_adapter(folder / "stored"))
+    store.activate(TARGETS["store"], version)
+    adapters = {
+        TARGETS["adapter"]: {"path": str(write_adapter(folder / "adapter"))},
+        TARGETS["store"]: {"store": TARGETS["store"]},
+    }
+    data = {"vllm": {"url": "http://127.0.0.1:9", "model": MODEL}, "adapters": adapters}
+    return TurnoutConfig.model_validate({**data, "adapter_store": {"path": str(store.root)}})
+
+
+async def measure(requests: int, runs: int, stream: bool, model: str, folder: Path) -> list[float]:
     answer_in_memory()
-    config = TurnoutConfig.model_validate({"vllm": {"url": "http://127.0.0.1:9", "model": MODEL}})
-    app = create_asgi_app(config, None)
+    app = create_asgi_app(bench_config(folder), None)
     state: dict[str, Any] = {}
     lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     started = asyncio.Event()
@@ -90,7 +127,7 @@ async def measure(requests: int, runs: int, stream: bool) -> list[float]:
     )
     await lifespan.put({"type": "lifespan.startup"})
     await started.wait()
-    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": stream})
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
     async def receive() -> dict[str, Any]:
@@ -134,15 +171,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--stream", action="store_true", help="streamed answers of 20 chunks instead")
+    parser.add_argument("--target", choices=sorted(TARGETS), help="measure only this target (default: each)")
     args = parser.parse_args()
     import uvloop
 
-    figures = uvloop.run(measure(args.requests, args.runs, args.stream))
     kind = "streamed (20 chunks)" if args.stream else "non-streaming"
-    print(
-        f"gateway glue per {kind} chat request, upstream in memory: best {min(figures):.1f} µs "
-        f"(runs: {', '.join(f'{f:.1f}' for f in figures)})"
-    )
+    for target in [args.target] if args.target else list(TARGETS):
+        with tempfile.TemporaryDirectory() as folder:
+            figures = uvloop.run(measure(args.requests, args.runs, args.stream, TARGETS[target], Path(folder)))
+        print(
+            f"gateway glue per {kind} chat request to the {target} target, upstream in memory: best "
+            f"{min(figures):.1f} µs (runs: {', '.join(f'{f:.1f}' for f in figures)})"
+        )
 
 
 if __name__ == "__main__":
