@@ -34,6 +34,9 @@ def model_cards(parts: Components) -> list[dict[str, Any]]:
                 info["resident"] = bool(resident_on)
                 info["replicas"] = resident_on
                 info["description"] = config.adapters[name].description
+                served = parts.served.current.get(name)
+                if served is not None and served.store is not None:
+                    info["version"] = served.version  # the store version requests go to now (None: nothing active)
         cards.append(
             {"id": name, "object": "model", "created": parts.started_at, "owned_by": "turnout", "turnout": info}
         )

@@ -125,6 +125,8 @@ async def test_moving_a_name_serves_the_new_version_and_drains_the_old(tmp_path:
                 moved = await gateway.http.post(CHAT, json=chat_body("slow-formal"))
                 assert moved.status_code == 200, moved.text
                 assert moved.headers[VERSION] == v2
+                listed = {m["id"]: m["turnout"] for m in (await gateway.http.get("/v1/models")).json()["data"]}
+                assert listed["slow-formal"]["version"] == v2
                 assert upstream.loaded == {old, new}  # the old one still serves the stream in flight
                 assert old not in upstream.unloads
 
