@@ -1,15 +1,20 @@
 """The Helm chart (helm/turnout): lint, render with the default and the production-like values, validate every
 manifest, and check what it deploys: probes, GPUs, vLLM's LoRA flags and resolver, the read-only adapter
-store, the config checksum, how the gateway finds vLLM, monitoring and InferencePool on and off, and secrets
-only by reference. Qdrant, Redis, monitoring, InferencePool, secrets and network policies are in
-test_chart_wiring.py; refused values in test_chart_values.py; the rendered turnout.yaml against the gateway's own
-schema in test_chart_config.py.
+store, the adapter writer that pushes into it and the sync that follows object storage, the config checksum,
+how the gateway finds vLLM, monitoring and InferencePool on and off, and secrets only by reference. Qdrant,
+Redis, monitoring, InferencePool, secrets and network policies are in test_chart_wiring.py; refused values in
+test_chart_values.py; the rendered turnout.yaml against the gateway's own schema in test_chart_config.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -29,6 +34,7 @@ from tests.support.chart import (
     VLLM,
     Rendered,
     container,
+    deep_merge,
     env_of,
     gateway_pod,
     load_values,
@@ -278,12 +284,25 @@ def test_gateway_model_picks_among_several_base_models() -> None:
 
 
 def test_adapters_become_the_gateways_adapters_section_in_the_store() -> None:
-    adapters = {"formal": {"description": "Formal", "pinned": True}, "terse": {"min_replicas": 1, "max_replicas": 2}}
+    adapters = {
+        "formal": {"description": "Formal", "pinned": True},
+        "terse": {"min_replicas": 1, "max_replicas": 2},
+        "formal-next": {"store": "formal", "version": "sha256-0123456789ab"},
+    }
     config = render({"adapters": adapters}).gateway_config()
     assert config["adapters"] == {
-        "formal": {"path": "/adapters/formal", "description": "Formal", "pinned": True},
-        "terse": {"path": "/adapters/terse", "min_replicas": 1, "max_replicas": 2},
+        "formal": {"store": "formal", "description": "Formal", "pinned": True},
+        "terse": {"store": "terse", "min_replicas": 1, "max_replicas": 2},
+        "formal-next": {"store": "formal", "version": "sha256-0123456789ab"},
     }
+    assert config["adapter_store"] == {"path": "/adapters", "watch_interval_s": 2}
+    moved = render(
+        {"adapters": {"formal": None}, "adapterStore": {"mountPath": "/srv/lora", "watchIntervalSeconds": 0.5}}
+    ).gateway_config()
+    assert moved["adapter_store"] == {"path": "/srv/lora", "watch_interval_s": 0.5}
+    assert moved["adapters"] == {"formal": {"store": "formal"}}
+    mount = adapter_mount(container(gateway_pod(render({"adapterStore": {"mountPath": "/srv/lora"}})), "gateway"))
+    assert mount["mountPath"] == "/srv/lora", "the gateway reads the store where its config says it is"
 
 
 def test_user_config_passes_through_under_the_keys_the_chart_owns() -> None:
@@ -383,3 +402,100 @@ def test_adapter_sync_image_and_command_are_configurable() -> None:
     (init,) = vllm_pod(render({"adapterStore": {"sync": sync}}))["initContainers"]
     assert init["image"] == "rclone/rclone:1.70"
     assert init["command"] == sync["command"]
+
+
+# ---------------------------------------------------------------- pushing: the adapter writer, the sync sidecar
+
+WRITER = f"{RELEASE}-adapter-writer"
+
+
+def writer_pod(rendered: Rendered) -> dict[str, Any]:
+    pod: dict[str, Any] = rendered.one("Deployment", WRITER)["spec"]["template"]["spec"]
+    return pod
+
+
+def test_adapter_writer_only_when_enabled() -> None:
+    for values in ({}, {"adapterStore": {"existingClaim": "shared"}}):
+        rendered = render(values)
+        assert WRITER not in [obj["metadata"]["name"] for obj in rendered.objects]
+
+
+@pytest.mark.parametrize(("store", "claim"), [({}, f"{RELEASE}-adapters"), ({"existingClaim": "shared"}, "shared")])
+def test_adapter_writer_mounts_the_store_read_write_and_the_gateways_config(store: dict[str, Any], claim: str) -> None:
+    rendered = render({"adapterStore": deep_merge(store, {"writer": {"enabled": True}})})
+    deployment = rendered.one("Deployment", WRITER)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "a ReadWriteOnce claim cannot be shared"
+    pod = writer_pod(rendered)
+    (writer,) = pod["containers"]
+    gw_pod = gateway_pod(rendered)
+    gw = container(gw_pod, "gateway")
+    assert writer["image"] == gw["image"], "the gateway's image: it has the turnout command"
+    assert writer["command"] == ["sleep", "infinity"]
+    assert "ports" not in writer
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in writer["volumeMounts"]}
+    store_mount = mounts["/adapters"]
+    assert not store_mount.get("readOnly"), "the writer pushes into the store"
+    assert volumes[store_mount["name"]]["persistentVolumeClaim"] == {"claimName": claim}
+    (gateway_config_mount,) = [m for m in gw["volumeMounts"] if m["name"] == "config"]
+    config_mount = mounts[gateway_config_mount["mountPath"]]
+    assert config_mount["readOnly"] is True
+    assert volumes[config_mount["name"]]["configMap"]["name"] == GATEWAY
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]], "kubectl cp writes the adapter into /tmp"
+    assert pod["securityContext"] == gw_pod["securityContext"], "what it writes, the gateway's user can read"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert writer["securityContext"]["readOnlyRootFilesystem"] is True
+    assert writer["securityContext"]["allowPrivilegeEscalation"] is False
+    assert env_of(writer)["HOME"]["value"] == "/tmp"
+    assert pod["automountServiceAccountToken"] is False
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/config"] == checksum(rendered), "a new turnout.yaml reaches the writer too"
+    (policy,) = [p for p in rendered.of_kind("NetworkPolicy") if p["metadata"]["name"] == WRITER]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert not policy["spec"].get("ingress"), "nothing in"
+    assert not policy["spec"].get("egress"), "nothing out"
+    for other in rendered.of_kind("NetworkPolicy"):
+        if other is not policy:
+            assert not other["spec"]["podSelector"]["matchLabels"].items() <= labels.items(), other["metadata"]
+    problems = [problem for obj in rendered.objects if (problem := validation_problem(obj))]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(None, "30"), (120, "120")])
+def test_adapter_sync_repeats_beside_every_server(interval: int | None, expected: str) -> None:
+    sync: dict[str, Any] = {"enabled": True}
+    if interval is not None:
+        sync["intervalSeconds"] = interval
+    rendered = render({"adapterStore": {"sync": sync}})
+    for pod, server in ((vllm_pod(rendered), "vllm"), (gateway_pod(rendered), "gateway")):
+        assert [c["name"] for c in pod["containers"]] == [server, "adapter-resync"]
+        (init,) = pod["initContainers"]
+        loop = container(pod, "adapter-resync")
+        assert loop["image"] == init["image"]
+        assert loop["command"][:2] == ["/bin/sh", "-c"]
+        assert loop["command"][4:] == init["command"], "the same sync command as the init container"
+        assert env_of(loop)["SYNC_INTERVAL_SECONDS"]["value"] == expected
+        assert env_of(loop)["STORE"] == env_of(init)["STORE"]
+        assert adapter_mount(loop) == adapter_mount(init), "it writes the same store"
+        assert loop["resources"]["requests"]["cpu"], "the gateway's autoscaler needs every container's request"
+    problems = [problem for obj in rendered.objects if (problem := validation_problem(obj))]
+    assert not problems, "\n".join(problems)
+
+
+def test_adapter_sync_loop_runs_the_command_again_survives_failures_and_stops_on_sigterm(tmp_path: Path) -> None:
+    loop = container(gateway_pod(render({"adapterStore": {"sync": {"enabled": True}}})), "adapter-resync")
+    runs = tmp_path / "runs"
+    command = [*loop["command"][:4], "/bin/sh", "-c", f'echo "$STORE" >> {runs}; exit 3']
+    env = {"PATH": os.environ["PATH"], "STORE": "/adapters", "SYNC_INTERVAL_SECONDS": "0.05"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(runs.read_text().splitlines() if runs.exists() else []) < 3:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=5)
+    assert process.returncode == 0
+    assert runs.read_text().splitlines()[:3] == ["/adapters"] * 3, "run again after a failed run"
+    assert "adapter sync failed (exit status 3)" in stderr

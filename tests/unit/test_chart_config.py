@@ -2,9 +2,9 @@
 ``gateway.config.load_config`` on the mounted file, with the environment variables the Deployment sets.
 
 The rendered file uses the fleet keys (``vllm.discovery``, ``vllm.health``, ``vllm.eviction``, and the
-adapters' ``pinned``, ``min_replicas``, ``max_replicas``): the first test loads it whole, so it passes only
-with a gateway whose schema has them. The second loads it without those keys, so everything else the chart
-writes (and every secret's variable name) is checked against the schema the gateway has today.
+adapters' ``pinned``, ``min_replicas``, ``max_replicas``): the first test loads it whole. The second loads it
+without those keys, so everything else the chart writes (and every secret's variable name) is checked on its
+own. The last serves the rendered adapters from a store laid out as ``turnout adapters push`` leaves it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,41 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.adapters.served import resolve
+from gateway.adapters.store import AdapterStore
 from gateway.config import load_config
 from tests.support.chart import PRODUCTION_VALUES, RELEASE, container, env_of, load_values, render
 
+CANARY: dict[str, Any] = {
+    "adapters": {
+        "formal": {"pinned": True},
+        "formal-next": {"store": "formal", "version": "sha256-0123456789ab"},
+        "terse": {"min_replicas": 1, "max_replicas": 2},
+    },
+    "gateway": {
+        "config": {
+            "policies": {
+                "letters": {
+                    "rules": [
+                        {
+                            "name": "canary",
+                            "split": {
+                                "arms": [
+                                    {"weight": 90, "target": "adapter:formal"},
+                                    {"weight": 10, "target": "adapter:formal-next"},
+                                ]
+                            },
+                        }
+                    ],
+                    "default": "base",
+                }
+            }
+        }
+    },
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"adapters": {"formal": {"pinned": True}, "terse": {"min_replicas": 1, "max_replicas": 2}}},
+    "canary": CANARY,
     "production": load_values(PRODUCTION_VALUES),
     "inference-pool": {
         "inferencePool": {"enabled": True, "url": "http://inference-gw:80", "endpointPickerRef": {"name": "epp"}}
@@ -92,8 +122,40 @@ def test_rendered_config_without_the_fleet_keys_loads_with_the_pods_environment(
     assert config.vllm.model == "llama-3.1-8b"
     assert "meta-llama/Llama-3.1-8B-Instruct" in config.base_model.aliases
     assert config.rag.store.url is not None
+    assert config.adapter_store.path == Path("/adapters")
+    assert config.adapter_store.watch_interval_s == 2
+    declared = VARIANTS[variant].get("adapters", {})
+    assert set(config.adapters) == set(declared)
     for name, adapter in config.adapters.items():
-        assert adapter.path == Path("/adapters") / name
+        assert (adapter.path, adapter.store) == (None, declared[name].get("store", name)), "served from the store"
+        assert adapter.version == declared[name].get("version")
     if variant == "production":
         assert set(config.policies) == {"support-bot"}
         assert set(config.rag.collections) == {"handbook"}
+
+
+def test_rendered_adapters_are_served_from_the_versions_in_the_store(tmp_path: Path) -> None:
+    """The store at the mount path, as a push leaves it: formal points at its second version, formal-next stays
+    on the first (the canary's fixed version), terse has none yet and is not served until one is pushed."""
+    root = tmp_path / "store"
+    store = AdapterStore(root)
+    versions = []
+    for weights in (b"first", b"second"):
+        source = tmp_path / weights.decode()
+        source.mkdir()
+        (source / "adapter_model.safetensors").write_bytes(weights)
+        version, _ = store.push("formal", source)
+        store.activate("formal", version)
+        versions.append(version)
+    values = copy.deepcopy(CANARY)
+    values["adapters"]["formal-next"]["version"] = versions[0]
+    values["adapterStore"] = {"mountPath": str(root)}
+    config = load_config(write(render(values).gateway_config(), tmp_path))
+
+    served = resolve(config.adapters, config.adapter_store)
+
+    assert served["formal"].path == root / f"formal@{versions[1]}"
+    assert served["formal"].vllm_name("formal") == f"formal@{versions[1]}"
+    assert served["formal-next"].path == root / f"formal@{versions[0]}"
+    assert served["formal-next"].vllm_name("formal-next") == f"formal@{versions[0]}"
+    assert served["terse"].path is None

@@ -67,6 +67,28 @@ MODEL: dict[str, Any] = {
             "at '/vllm/models/0/name': 'Llama.8B' does not match pattern",
         ),
         ({"adapters": {"bad name!": {}}}, "at '/adapters': additional properties 'bad name!' not allowed"),
+        (
+            {"adapters": {"formal-next": {"store": "formal", "version": "0123456789ab"}}},
+            "at '/adapters/formal-next/version': '0123456789ab' does not match pattern",
+        ),
+        (
+            {"adapters": {"formal-next": {"store": "formal", "version": "sha256-0123456789AB"}}},
+            "at '/adapters/formal-next/version'",
+        ),
+        ({"adapters": {"formal": {"store": "bad name!"}}}, "at '/adapters/formal/store'"),
+        (
+            {"adapters": {"formal": {"path": "/adapters/formal"}}},
+            "at '/adapters/formal': additional properties 'path' not allowed",
+        ),
+        (
+            {"adapterStore": {"writer": {"enabled": True, "replicas": 2}}},
+            "at '/adapterStore/writer': additional properties 'replicas' not allowed",
+        ),
+        ({"adapterStore": {"watchIntervalSeconds": 0}}, "at '/adapterStore/watchIntervalSeconds'"),
+        (
+            {"adapterStore": {"sync": {"enabled": True, "intervalSeconds": 0}}},
+            "at '/adapterStore/sync/intervalSeconds'",
+        ),
         # a secret's value, or a key the chart owns, in the gateway's configuration
         (
             {"gateway": {"config": {"openai": {"api_key": "sk-live"}}}},
@@ -118,6 +140,11 @@ def test_schema_refuses_with_the_key_and_the_problem(values: dict[str, Any], mes
         (
             {"adapterStore": {"existingClaim": "a", "sync": {"enabled": True}}},
             "adapterStore: give either existingClaim or sync.enabled",
+        ),
+        (
+            {"adapterStore": {"writer": {"enabled": True}, "sync": {"enabled": True}}},
+            "adapterStore: writer.enabled pushes into a claim, but with sync.enabled every pod copies the store "
+            "from object storage",
         ),
         (
             {"fullnameOverride": "x" * 30, "vllm": {"models": [dict(MODEL, name="a" * 40)]}},

@@ -244,5 +244,30 @@ def test_notes_say_how_to_call_it_and_deploy_an_adapter() -> None:
     assert "helm upgrade" in notes
     assert 'base_model_name_or_path: "meta-llama/Llama-3.1-8B-Instruct"' in notes
     assert f"{RELEASE}-adapters" in notes
-    synced = render({"adapterStore": {"sync": {"enabled": True}}}).notes
-    assert "rollout restart" in synced
+    assert "adapterStore.writer.enabled: true" in notes, "how to get a pod to push from"
+
+
+def test_notes_say_how_to_push_roll_out_roll_back_and_canary() -> None:
+    rendered = render({"adapterStore": {"writer": {"enabled": True}, "watchIntervalSeconds": 5}})
+    notes = rendered.notes
+    (writer,) = [d for d in rendered.of_kind("Deployment") if d["metadata"]["name"] == f"{RELEASE}-adapter-writer"]
+    labels = writer["spec"]["template"]["metadata"]["labels"]
+    selector = re.search(r"get pod -l (\S+)", notes)
+    assert selector is not None, notes
+    wanted = dict(pair.split("=") for pair in selector.group(1).split(","))
+    assert wanted.items() <= labels.items(), "the NOTES find the writer pod"
+    (box,) = writer["spec"]["template"]["spec"]["containers"]
+    config_dir = next(m["mountPath"] for m in box["volumeMounts"] if m["name"] == "config")
+    assert 'cp ./my-adapter "$POD:/tmp/my-adapter"' in notes
+    assert f"turnout adapters push my-adapter /tmp/my-adapter --config {config_dir}/turnout.yaml" in notes
+    assert "adapterStore.writer.enabled: true" not in notes
+    assert "within 5s" in notes
+    assert "turnout adapters rollback my-adapter" in notes
+    assert "--no-activate" in notes
+    assert "store: my-adapter" in notes
+    assert "version: sha256-" in notes
+    assert 'target: "adapter:my-adapter-next"' in notes
+    synced = render({"adapterStore": {"sync": {"enabled": True, "intervalSeconds": 45}}}).notes
+    assert "again every 45s by the adapter-resync" in synced
+    assert '--exclude ".aliases/*"' in synced, "versions are uploaded before the names pointing at them"
+    assert "kubectl" not in synced.split("2. Deploy an adapter")[1].split("3. Watch it")[0]

@@ -123,6 +123,10 @@ turnout/model: {{ .model.name }}
 {{- printf "%s-redis" (include "turnout.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "turnout.adapterWriter.fullname" -}}
+{{- printf "%s-adapter-writer" (include "turnout.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "turnout.adapterStore.claimName" -}}
 {{- .Values.adapterStore.existingClaim | default (printf "%s-adapters" (include "turnout.fullname" .)) }}
 {{- end }}
@@ -146,16 +150,20 @@ turnout/model: {{ .model.name }}
   readOnly: true
 {{- end }}
 
-{{- define "turnout.adapterStore.initContainers" -}}
-{{- $sync := .Values.adapterStore.sync }}
-{{- if $sync.enabled }}
-- name: adapter-sync
+{{/* One container running adapterStore.sync.command: include with (dict "root" $ "name" NAME "command" LIST
+"extraEnv" LIST). */}}
+{{- define "turnout.adapterStore.syncContainer" -}}
+{{- $sync := .root.Values.adapterStore.sync }}
+- name: {{ .name }}
   image: {{ printf "%s:%s" $sync.image.repository $sync.image.tag | quote }}
   imagePullPolicy: {{ $sync.image.pullPolicy }}
-  command: {{- toYaml $sync.command | nindent 4 }}
+  command: {{- toYaml .command | nindent 4 }}
   env:
     - name: STORE
-      value: {{ .Values.adapterStore.mountPath | quote }}
+      value: {{ .root.Values.adapterStore.mountPath | quote }}
+    {{- with .extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
     {{- with $sync.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -167,7 +175,31 @@ turnout/model: {{ .model.name }}
     capabilities: {drop: [ALL]}
   volumeMounts:
     - name: adapters
-      mountPath: {{ .Values.adapterStore.mountPath }}
+      mountPath: {{ .root.Values.adapterStore.mountPath }}
+{{- end }}
+
+{{/* The first sync, before the server starts. */}}
+{{- define "turnout.adapterStore.initContainers" -}}
+{{- $sync := .Values.adapterStore.sync }}
+{{- if $sync.enabled }}
+{{- include "turnout.adapterStore.syncContainer" (dict "root" . "name" "adapter-sync" "command" $sync.command) }}
+{{- end }}
+{{- end }}
+
+{{/* The same sync again every sync.intervalSeconds beside the server, so that new versions and moved pointers
+arrive without a restart. The command runs in a /bin/sh loop (the sync image needs a shell); a failed run is
+logged and tried again at the next interval, and SIGTERM ends the loop at once. */}}
+{{- define "turnout.adapterStore.sidecars" -}}
+{{- $sync := .Values.adapterStore.sync }}
+{{- if $sync.enabled }}
+{{- $loop := `trap 'exit 0' TERM INT
+while :; do
+  sleep "$SYNC_INTERVAL_SECONDS" & wait $!
+  "$@" || echo "adapter sync failed (exit status $?); trying again in ${SYNC_INTERVAL_SECONDS}s" >&2
+done` }}
+{{- $command := concat (list "/bin/sh" "-c" $loop "adapter-sync") $sync.command }}
+{{- $env := list (dict "name" "SYNC_INTERVAL_SECONDS" "value" (toString (int ($sync.intervalSeconds | default 30)))) }}
+{{- include "turnout.adapterStore.syncContainer" (dict "root" . "name" "adapter-resync" "command" $command "extraEnv" $env) }}
 {{- end }}
 {{- end }}
 
@@ -213,10 +245,18 @@ discovery:
 {{- $aliases := get $baseModel "aliases" | default list }}
 {{- if not (has $model.source $aliases) }}{{- $aliases = append $aliases $model.source }}{{- end }}
 {{- $_ := set $baseModel "aliases" $aliases }}
+{{- /* Every adapter is served from the store: the version its store name (default: its own) points at,
+or a fixed version. */}}
 {{- $adapters := dict }}
 {{- range $name, $adapter := .Values.adapters }}
-{{- $_ := set $adapters $name (merge (dict "path" (printf "%s/%s" $.Values.adapterStore.mountPath $name)) ($adapter | default dict)) }}
+{{- $spec := deepCopy ($adapter | default dict) }}
+{{- $_ := set $spec "store" (get $spec "store" | default $name) }}
+{{- if not (get $spec "version") }}{{- $_ := unset $spec "version" }}{{- end }}
+{{- $_ := set $adapters $name $spec }}
 {{- end }}
+{{- $adapterStore := dict
+      "path" .Values.adapterStore.mountPath
+      "watch_interval_s" (.Values.adapterStore.watchIntervalSeconds | default 2) }}
 {{- $rag := deepCopy (get $config "rag" | default dict) }}
 {{- $store := dict }}
 {{- if .Values.qdrant.enabled }}
@@ -231,6 +271,7 @@ discovery:
 {{- $_ := set $config "vllm" $vllm }}
 {{- $_ := set $config "base_model" $baseModel }}
 {{- $_ := set $config "adapters" $adapters }}
+{{- $_ := set $config "adapter_store" $adapterStore }}
 {{- $_ := set $config "rag" $rag }}
 {{- toYaml $config }}
 {{- end }}
