@@ -6,8 +6,10 @@ accessors in :mod:`gateway.api.deps`. Nothing here runs at import time.
 Reloading (SIGHUP or ``POST /admin/reload``) re-reads the file, validates it, builds the new routing
 table (embedding new intent examples) and only then swaps it in, each part through its own method
 (``service.swap``, ``accounting.use_prices``, ...): an invalid file changes nothing and the old policies
-keep serving. Sections that shape connections and processes (``server``, ``vllm``, ``embeddings``) need
-a restart; a reload reports which of them changed.
+keep serving. Sections that shape connections and processes (``server``, ``vllm``, ``base_model``,
+``embeddings``, ``openai``, ``rag.store``, and turning retrieval on or off) need a restart; a reload reports
+which of them changed. Adapters served from the adapter store also move without a reload: the store's names
+are read every ``adapter_store.watch_interval_s`` (:func:`watch_store`).
 
 May import: every capability and ``gateway.dispatch``; never ``gateway.api`` (which imports this).
 """
