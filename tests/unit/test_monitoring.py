@@ -3,12 +3,14 @@ Prometheus configuration, and the harness that runs a real Prometheus for end-to
 
 Grafana does not run here, so the dashboard is checked the way it can be: every PromQL expression it
 holds is parsed by promtool (as a recording rule), and every metric it names must be one the gateway
-exposes. promtool comes from Debian's ``prometheus`` package, which ``make test`` installs: a missing
-binary fails these tests rather than skipping them.
+exposes. The Replicas row is also queried on a real Prometheus scraping the gateway's own exposition,
+with the alert rules loaded. promtool comes from Debian's ``prometheus`` package, which ``make test``
+installs: a missing binary fails these tests rather than skipping them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -39,6 +41,10 @@ EXPECTED_ALERTS = {
     "TurnoutCostBurnRate",
     "TurnoutAdapterLoadFailures",
     "TurnoutEmptyRetrievals",
+    "TurnoutReplicaDown",
+    "TurnoutNoHealthyReplica",
+    "TurnoutReplicaEjections",
+    "TurnoutDiscoveryFailing",
 }
 
 # What Grafana substitutes before sending a query: durations where PromQL needs a duration, and a
@@ -98,6 +104,22 @@ def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 def content_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [panel for panel in all_panels(dashboard["panels"]) if panel.get("type") != "row"]
+
+
+def row_panels(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The content panels of the row titled ``title``: those inside it when it is collapsed, else those that
+    follow it up to the next row."""
+    panels: list[dict[str, Any]] = dashboard["panels"]
+    (start,) = [i for i, panel in enumerate(panels) if panel.get("type") == "row" and panel.get("title") == title]
+    row = panels[start]
+    if row.get("collapsed"):
+        return list(row.get("panels", []))
+    following: list[dict[str, Any]] = []
+    for panel in panels[start + 1 :]:
+        if panel.get("type") == "row":
+            break
+        following.append(panel)
+    return following
 
 
 def variable_query(variable: dict[str, Any]) -> str:
@@ -286,6 +308,17 @@ TOPICS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "retrieval health": lambda p: (
         "turnout_retrieval_empty_total" in _exprs(p) or "turnout_retrieval_degraded_total" in _exprs(p)
     ),
+    "healthy replicas": lambda p: "turnout_replica_healthy" in _exprs(p) and "count(" in _exprs(p),
+    "health per replica": lambda p: "by(replica)(turnout_replica_healthy)" in _squash(_exprs(p)),
+    "in flight per replica": lambda p: "sumby(replica)(turnout_replica_in_flight_requests)" in _squash(_exprs(p)),
+    "ejections per replica": lambda p: "sumby(replica)(increase(turnout_replica_ejections_total" in _squash(_exprs(p)),
+    "adapter loads per replica": lambda p: (
+        "sumby(replica,outcome)(rate(turnout_adapter_loads_total" in _squash(_exprs(p))
+    ),
+    "adapters resident per replica": lambda p: (
+        "sumby(replica)" in _squash(_exprs(p)) and "turnout_adapter_resident" in _exprs(p)
+    ),
+    "discovery failures": lambda p: "turnout_discovery_failures_total" in _exprs(p),
 }
 
 
@@ -293,6 +326,26 @@ def test_dashboard_covers_every_topic() -> None:
     panels = content_panels(load_dashboard())
     missing = [topic for topic, covers in TOPICS.items() if not any(covers(panel) for panel in panels)]
     assert not missing, f"no dashboard panel covers: {missing}"
+
+
+def test_panels_do_not_overlap() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in all_panels(load_dashboard()["panels"]):
+        where = f"panel {panel['id']} {panel.get('title')!r}"
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] <= 24 - grid["w"], f"{where} is wider than the dashboard: {grid}"
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{where} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = where
+
+
+def test_replicas_row_holds_the_fleet_panels() -> None:
+    panels = row_panels(load_dashboard(), "Replicas")
+    names = {"turnout_replica_healthy", "turnout_replica_in_flight_requests", "turnout_replica_ejections_total"}
+    names |= {"turnout_discovery_failures_total", "turnout_adapter_loads_total", "turnout_adapter_resident"}
+    used = {name for panel in panels for name in METRIC_NAME.findall(_exprs(panel))}
+    assert names <= used, f"the Replicas row does not show {sorted(names - used)}"
 
 
 # ---------------------------------------------------------------- alert rules
@@ -359,24 +412,36 @@ monitoring_probe_total{probe="harness"} 42.0
 """
 
 
+class _ExpositionServer(ThreadingHTTPServer):
+    """Serves ``exposition()`` on GET /metrics, read afresh at every scrape."""
+
+    def __init__(self, exposition: Callable[[], bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), _ExpositionHandler)
+        self.exposition = exposition
+
+
 class _ExpositionHandler(BaseHTTPRequestHandler):
+    server: _ExpositionServer
+
     def do_GET(self) -> None:
         if self.path != "/metrics":
             self.send_error(404)
             return
+        body = self.server.exposition()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(PROBE_EXPOSITION)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(PROBE_EXPOSITION)
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # keep the test output quiet
         pass
 
 
-@pytest.fixture
-def exposition_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ExpositionHandler)
+@contextlib.contextmanager
+def serving(exposition: Callable[[], bytes]) -> Iterator[str]:
+    """An HTTP server on loopback answering GET /metrics with ``exposition()``; yields its host:port."""
+    server = _ExpositionServer(exposition)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -385,6 +450,12 @@ def exposition_server() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def exposition_server() -> Iterator[str]:
+    with serving(lambda: PROBE_EXPOSITION) as address:
+        yield address
 
 
 def test_prometheus_harness_scrapes_a_local_target(exposition_server: str, tmp_path: Path) -> None:
@@ -405,3 +476,81 @@ def test_prometheus_harness_scrapes_a_local_target(exposition_server: str, tmp_p
         process = prometheus.process
         assert process is not None
     assert process.poll() is not None, "stop() left prometheus running"
+
+
+# ---------------------------------------------------------------- the Replicas row on a real Prometheus
+
+HEALTHY, EJECTED = "10.0.0.1:8000", "10.0.0.2:8000"
+
+
+def _gateway_with_two_replicas() -> Metrics:
+    """The gateway's own metrics with two vLLM replicas: one healthy with 3 requests in flight and 2 adapters
+    loaded, one ejected."""
+    metrics = Metrics()
+    adapters = ["formal", "terse"]
+    for replica in (HEALTHY, EJECTED):
+        metrics.declare_replica(replica, adapters)
+    metrics.watch_replicas(lambda: [(HEALTHY, 3, True), (EJECTED, 0, False)])
+    for adapter in adapters:
+        metrics.adapter_resident.labels(adapter, HEALTHY).set(1)
+    return metrics
+
+
+def _by_replica(result: Result) -> dict[str, float]:
+    return {sample["metric"].get("replica", ""): float(sample["value"][1]) for sample in result}
+
+
+def test_replicas_row_and_fleet_alerts_on_a_real_prometheus(tmp_path: Path) -> None:
+    """Every query of the Replicas row returns series, with the figures the gateway exposes, from a real
+    Prometheus scraping the gateway's own exposition; the fleet alerts go pending on the same scrapes."""
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus not found on PATH: run `make tools` (Debian's prometheus package)", pytrace=False)
+    panels = row_panels(load_dashboard(), "Replicas")
+    queries = {
+        (panel["title"], target["refId"]): substitute_grafana_variables(target["expr"])
+        for panel in panels
+        for target in panel["targets"]
+    }
+    assert len(queries) >= 7, f"expected the Replicas row's queries, found {sorted(queries)}"
+    metrics = _gateway_with_two_replicas()
+
+    with (
+        serving(metrics.exposition) as address,
+        PrometheusServer([address], workdir=tmp_path / "prometheus", rule_files=[ALERTS]) as prometheus,
+    ):
+        prometheus.wait_for(f'turnout_replica_healthy{{replica="{EJECTED}"}}', lambda r: len(r) == 1)
+        # What happens after the first scrape, so that rate() and increase() see it.
+        for _ in range(3):
+            metrics.replica_ejections.labels(EJECTED).inc()
+        metrics.adapter_loads.labels("formal", "success", HEALTHY).inc(2)
+        metrics.discovery_failures.inc()
+
+        for expr in queries.values():  # a query that never moves fails with its expression and last result
+            prometheus.wait_for(expr, lambda r: any(float(sample["value"][1]) > 0 for sample in r), timeout_s=30)
+
+        def panel_query(title: str, ref: str = "A") -> Result:
+            return prometheus.query(queries[(title, ref)])
+
+        assert float(panel_query("Healthy replicas", "A")[0]["value"][1]) == 1
+        assert float(panel_query("Healthy replicas", "B")[0]["value"][1]) == 2
+        assert _by_replica(panel_query("Replica health")) == {HEALTHY: 1, EJECTED: 0}
+        assert _by_replica(panel_query("Requests in flight per replica")) == {HEALTHY: 3, EJECTED: 0}
+        assert _by_replica(panel_query("Adapters resident per replica")) == {HEALTHY: 2, EJECTED: 0}
+        loads = panel_query("Adapter loads by replica")
+        moved = {(s["metric"]["replica"], s["metric"]["outcome"]) for s in loads if float(s["value"][1]) > 0}
+        assert moved == {(HEALTHY, "success")}
+        ejections = {replica for replica, value in _by_replica(panel_query("Replica ejections")).items() if value > 0}
+        assert ejections == {EJECTED}
+        (discovery,) = panel_query("Discovery failures")
+        assert discovery["metric"]["instance"] == address
+
+        # The rules evaluate on the same scrapes: each fleet alert that should is pending (their for: has
+        # not passed), TurnoutNoHealthyReplica is not (one replica is healthy).
+        def pending(result: Result) -> set[tuple[str, str]]:
+            return {(s["metric"]["alertname"], s["metric"].get("replica", "")) for s in result}
+
+        expected = {("TurnoutReplicaDown", EJECTED), ("TurnoutReplicaEjections", EJECTED)}
+        expected.add(("TurnoutDiscoveryFailing", ""))
+        alerts = prometheus.wait_for('ALERTS{alertstate="pending"}', lambda r: pending(r) >= expected)
+        assert pending(alerts) == expected
+        assert prometheus.query('ALERTS{alertname="TurnoutNoHealthyReplica"}') == []
