@@ -1,17 +1,19 @@
 """Sentence embeddings for semantic routing (and retrieval, and ``POST /v1/embeddings``): one model, loaded
-once, queries cached.
+once, queries cached, concurrent requests batched.
 
 The model is loaded in the lifespan only when something needs it, so a gateway without intents, RAG
 or ``embeddings.serve: true`` never imports torch. Encoding runs in one worker thread (torch releases the
-GIL while it computes, and one thread keeps two cores' worth of requests from fighting over them). Query
-embeddings are kept by text in a bounded LRU cache: repeated questions cost nothing.
+GIL while it computes, and one thread keeps two cores' worth of requests from fighting over them), through
+one :class:`~gateway.embeddings.batching.EncodeQueue`: requests that need an embedding while the model is
+busy share its next run. Query embeddings are kept in a bounded LRU cache by their text as the model reads
+it (whitespace runs made one space, and lower-cased when the model's tokenizer lower-cases anyway): repeated
+questions, and their spacing and case variants, cost nothing and get the very same vector.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cachetools import LRUCache
 
 from gateway.config.model import PACKAGED_EMBEDDER, EmbeddingsConfig
+from gateway.embeddings.batching import EncodeQueue
 from gateway.protocol.requests import CHARS_PER_TOKEN
 
 if TYPE_CHECKING:
@@ -64,8 +67,12 @@ class Embedder:
         self.observe = observe  # told (kind, seconds) after each model run: "query" or "documents"
         self._model: SentenceTransformer | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._queue = EncodeQueue(self._encode, self._pool, config.batch_size, observe)
         self._cache: LRUCache[str, Vector] = LRUCache(maxsize=max(config.cache_size, 1))
         self._counter: Any = None
+        # What the tokenizer does to every text anyway, so variants that differ only so are one cache entry:
+        self._splits = False  # it splits on whitespace (runs of it, leading, trailing: all alike)
+        self._lowercases = False  # it lower-cases
         self.dimension = 0
 
     def load(self) -> None:
@@ -92,6 +99,7 @@ class Embedder:
             self._counter = Tokenizer.from_file(str(tokenizer_file))
             self._counter.no_truncation()
             self._counter.no_padding()
+            self._splits, self._lowercases = _normalises(tokenizer_file)
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.load)
@@ -109,33 +117,41 @@ class Embedder:
     async def embed_texts(self, texts: Sequence[str], *, kind: str = "query", remember: bool = True) -> list[Vector]:
         """Embed texts, each at most once: cached ones are not embedded again.
 
-        ``kind`` labels the model's run in the metrics; ``remember=False`` reads the cache but does not fill
-        it (a batch of documents through the API would otherwise evict the queries routing repeats).
+        ``kind`` labels the model's run in the metrics: ``query`` texts (a request's routing or retrieval
+        query) go before any other waiting texts, the others in runs of ``embeddings.batch_size``.
+        ``remember=False`` reads the cache but does not fill it (a batch of documents through the API would
+        otherwise evict the queries routing repeats).
 
         The cache is read and written only here, on the event loop's thread (the worker thread only
         encodes), so it needs no lock; results come from this call's own vectors, so a cache smaller
         than one batch cannot lose any."""
-        clipped = [_clip(t) for t in texts]
-        found: dict[str, Vector] = {t: v for t in clipped if (v := self._cache.get(t)) is not None}
-        missing = list(dict.fromkeys(t for t in clipped if t not in found))
+        keys = [self.cache_key(t) for t in texts]
+        found: dict[str, Vector] = {k: v for k in keys if (v := self._cache.get(k)) is not None}
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
-            started = time.perf_counter()
-            vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, missing)
-            if self.observe is not None:
-                self.observe(kind, time.perf_counter() - started)
-            for text, vector in zip(missing, vectors, strict=True):
-                found[text] = vector
+            if kind == "query":
+                vectors = await self._queue.urgent(missing)
+            else:
+                vectors = await self._queue.bulk(missing, kind)
+            for key, vector in zip(missing, vectors, strict=True):
+                found[key] = vector
                 if remember and self.config.cache_size:
-                    self._cache[text] = vector
-        return [found[t] for t in clipped]
+                    self._cache[key] = vector
+        return [found[k] for k in keys]
+
+    def cache_key(self, text: str) -> str:
+        """``text`` as the model reads it: clipped, whitespace runs made one space when the tokenizer splits on
+        whitespace, lower-cased when it lower-cases. The same key gives the same tokens, so the same vector;
+        this is also the text that is encoded."""
+        key = _clip(text)
+        if self._splits:
+            key = " ".join(key.split())
+        return key.lower() if self._lowercases else key
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
-        """Embed document chunks in batches, bypassing the query cache (they are embedded once)."""
-        started = time.perf_counter()
-        vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, list(texts))
-        if self.observe is not None:
-            self.observe("documents", time.perf_counter() - started)
-        return vectors
+        """Embed document chunks in runs of ``embeddings.batch_size``, bypassing the query cache (they are
+        embedded once); waiting queries go between the runs."""
+        return await self._queue.bulk(list(texts), "documents")
 
     def query_tokens(self, text: str) -> int:
         """Tokens the model reads of a query (clipped as embedding clips it), counted on the calling thread:
@@ -191,6 +207,26 @@ class Embedder:
             texts, batch_size=self.config.batch_size, convert_to_numpy=True, show_progress_bar=False
         )
         return [list(map(float, v)) for v in vectors]
+
+
+def _normalises(tokenizer_file: Path) -> tuple[bool, bool]:
+    """Whether the tokenizer splits on whitespace before anything else sees it, and whether it lower-cases
+    (BERT's uncased models do both: MiniLM among them). Unknown: neither, so no two texts share a key."""
+    import json
+
+    try:
+        spec = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, False
+    pre, normalizer = spec.get("pre_tokenizer") or {}, spec.get("normalizer") or {}
+    splits = isinstance(pre, dict) and pre.get("type") in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit")
+    steps = normalizer.get("normalizers", [normalizer]) if isinstance(normalizer, dict) else []
+    lowercases = any(
+        isinstance(step, dict)
+        and (step.get("type") == "Lowercase" or (step.get("type") == "BertNormalizer" and step.get("lowercase")))
+        for step in steps
+    )
+    return splits, lowercases
 
 
 def _count(counter: Any, texts: Sequence[str]) -> list[int]:
