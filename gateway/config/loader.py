@@ -325,6 +325,8 @@ def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
         # Made absolute, but links kept: clients know the model by this directory's name (embeddings.name's
         # default), which must not become a link target's, such as a versioned directory behind "current".
         embeddings = embeddings.model_copy(update={"model": os.path.abspath(base / embeddings.model)})
+    if embeddings.export_dir is not None:
+        embeddings = embeddings.model_copy(update={"export_dir": resolve(embeddings.export_dir)})
     adapter_store = config.adapter_store
     if adapter_store.path is not None:
         adapter_store = adapter_store.model_copy(update={"path": resolve(adapter_store.path)})

@@ -17,16 +17,14 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cachetools import LRUCache
 
 from gateway.config.model import PACKAGED_EMBEDDER, EmbeddingsConfig
 from gateway.embeddings.batching import EncodeQueue
+from gateway.embeddings.models import EmbeddingModel, ModelError, load_model
 from gateway.protocol.requests import CHARS_PER_TOKEN
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 Vector = list[float]
 
@@ -65,7 +63,7 @@ class Embedder:
     def __init__(self, config: EmbeddingsConfig, observe: Callable[[str, float], None] | None = None) -> None:
         self.config = config
         self.observe = observe  # told (kind, seconds) after each model run: "query" or "documents"
-        self._model: SentenceTransformer | None = None
+        self._model: EmbeddingModel | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._queue = EncodeQueue(self._encode, self._pool, config.batch_size, observe)
         self._cache: LRUCache[str, Vector] = LRUCache(maxsize=max(config.cache_size, 1))
@@ -74,6 +72,7 @@ class Embedder:
         self._splits = False  # it splits on whitespace (runs of it, leading, trailing: all alike)
         self._lowercases = False  # it lower-cases
         self.dimension = 0
+        self.backend = ""  # how the model runs, once loaded: onnx, onnx-int8 or torch
 
     def load(self) -> None:
         """Load the model (blocking: call it in a thread). Never reaches a model hub."""
@@ -83,12 +82,13 @@ class Embedder:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         location = model_location(self.config.model)
         try:
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(str(location), device="cpu")
-        except Exception as exc:  # the library raises many kinds; all mean the same to an operator
+            self._model = load_model(self.config, location)
+        except ModelError as exc:
+            raise EmbedderError(str(exc)) from exc
+        except Exception as exc:  # the libraries raise many kinds; all mean the same to an operator
             raise EmbedderError(f"cannot load embedding model from {location}: {exc}") from exc
-        self.dimension = int(self._model.get_embedding_dimension() or 0)
+        self.dimension = self._model.dimension
+        self.backend = self._model.backend
         tokenizer_file = location / "tokenizer.json"
         if tokenizer_file.is_file():
             from tokenizers import Tokenizer
@@ -176,37 +176,29 @@ class Embedder:
         return await asyncio.to_thread(_count, counter, list(texts))
 
     def _count_with_model(self, texts: list[str]) -> list[int]:
-        if self._model is None:
-            self.load()
-        assert self._model is not None
-        return [len(ids) for ids in self._model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        return self._loaded().token_counts(texts, special=True)
 
     def _max_tokens(self) -> int:
-        return int(self._model.max_seq_length or 256) if self._model is not None else 256
+        return self._model.max_tokens if self._model is not None else 256
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in the model's own tokenizer (chunks are sized in these)."""
-        if self._model is None:
-            self.load()
-        assert self._model is not None
-        return len(self._model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._loaded().token_counts([text], special=False)[0]
 
     @property
     def max_tokens(self) -> int:
         """The longest input the model reads; longer text is cut off by the model."""
+        return self._loaded().max_tokens
+
+    def _loaded(self) -> EmbeddingModel:
         if self._model is None:
             self.load()
         assert self._model is not None
-        return int(self._model.max_seq_length or 256)
+        return self._model
 
     def _encode(self, texts: list[str]) -> list[Vector]:
-        if self._model is None:
-            self.load()
-        assert self._model is not None
-        vectors: Any = self._model.encode(
-            texts, batch_size=self.config.batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
-        return [list(map(float, v)) for v in vectors]
+        model, step = self._loaded(), self.config.batch_size
+        return [vector for i in range(0, len(texts), step) for vector in model.encode(texts[i : i + step])]
 
 
 def _normalises(tokenizer_file: Path) -> tuple[bool, bool]:
