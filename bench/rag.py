@@ -1,10 +1,10 @@
-"""Ingestion throughput and retrieval latency over 10,000 chunks in the embedded Qdrant store.
+"""Ingestion throughput and retrieval latency over 10,000 chunks in the embedded Qdrant store (qdrant-edge).
 
 Builds a synthetic corpus (deterministic sentences about many topics), ingests it through the same
-Ingestor the gateway uses (chunking with the model's tokenizer, batched embedding, the store's manifest
+Ingestor the gateway uses (chunking with the model's tokenizer, batched embedding, the store's batched
 writes) into embedded storage on disk, then times retrieval as a request pays it: one query embedding
-(uncached) plus the search of the caller's partition and the shared one. Prints a markdown table with
-the embedding's share of retrieval time. Nothing is asserted.
+(uncached) plus one search filtered to the caller's tenant and the shared documents. Prints a markdown
+table with the embedding's share of retrieval time. Nothing is asserted.
 
 Usage: .venv/bin/python bench/rag.py [--chunks 10000] [--queries 200]
 """
@@ -112,7 +112,7 @@ async def main(chunks: int, queries: int) -> None:
     print("| per query | p50 ms | p99 ms |")
     print("|---|---|---|")
     print(f"| embed the question | {statistics.median(embed_ms):.1f} | {pct(embed_ms, 0.99):.1f} |")
-    print(f"| search (tenant + shared partitions) | {statistics.median(search_ms):.1f} | {pct(search_ms, 0.99):.1f} |")
+    print(f"| search (tenant + shared documents) | {statistics.median(search_ms):.1f} | {pct(search_ms, 0.99):.1f} |")
     print(f"| retrieval total | {statistics.median(total_ms):.1f} | {pct(total_ms, 0.99):.1f} |")
     share = statistics.median(e / t for e, t in zip(embed_ms, total_ms, strict=True))
     print(f"\nThe embedding's share of retrieval time: {share:.0%} (median over queries).")

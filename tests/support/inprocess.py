@@ -147,11 +147,12 @@ class Gateway:
         assert response.status_code == 200, response.text
         return Scrape(response.text)
 
-    async def grown(self, before: Scrape, name: str, by: float, **labels: str) -> Scrape:
+    async def grown(self, before: Scrape, name: str, by: float, *, exactly: bool = True, **labels: str) -> Scrape:
         """Scrape until ``name`` (summed over the series matching ``labels``) is ``by`` more than in ``before``.
 
         A request is recorded as its last byte leaves, which the client may see a moment earlier; so
-        this waits (bounded) for the figure instead of reading it once, then insists on it exactly."""
+        this waits (bounded) for the figure instead of reading it once, then insists on it exactly (or, not
+        ``exactly``, on at least that much: for figures that go on growing meanwhile)."""
         expected = before.value(name, **labels) + by
         scrape = await self.scrape()
         with contextlib.suppress(TimeoutError):
@@ -159,7 +160,10 @@ class Gateway:
                 while scrape.value(name, **labels) < expected:
                     scrape = await self.scrape()  # each scrape is a round trip: the gateway gets to run
         found = scrape.value(name, **labels)
-        assert found == expected, f"{name}{labels}: {found}, expected {expected}"
+        if exactly:
+            assert found == expected, f"{name}{labels}: {found}, expected {expected}"
+        else:
+            assert found >= expected, f"{name}{labels}: {found}, expected at least {expected}"
         return scrape
 
 
