@@ -147,12 +147,18 @@ class Gateway:
         assert response.status_code == 200, response.text
         return Scrape(response.text)
 
-    async def grown(self, before: Scrape, name: str, by: float, *, exactly: bool = True, **labels: str) -> Scrape:
+    async def grown(self, before: Scrape, name: str, by: float, **labels: str) -> Scrape:
         """Scrape until ``name`` (summed over the series matching ``labels``) is ``by`` more than in ``before``.
 
         A request is recorded as its last byte leaves, which the client may see a moment earlier; so
-        this waits (bounded) for the figure instead of reading it once, then insists on it exactly (or, not
-        ``exactly``, on at least that much: for figures that go on growing meanwhile)."""
+        this waits (bounded) for the figure instead of reading it once, then insists on it exactly."""
+        scrape = await self.grown_at_least(before, name, by, **labels)
+        found, expected = scrape.value(name, **labels), before.value(name, **labels) + by
+        assert found == expected, f"{name}{labels}: {found}, expected {expected}"
+        return scrape
+
+    async def grown_at_least(self, before: Scrape, name: str, by: float, **labels: str) -> Scrape:
+        """As :meth:`grown`, for a figure that may go on growing meanwhile: at least ``by`` more."""
         expected = before.value(name, **labels) + by
         scrape = await self.scrape()
         with contextlib.suppress(TimeoutError):
@@ -160,10 +166,7 @@ class Gateway:
                 while scrape.value(name, **labels) < expected:
                     scrape = await self.scrape()  # each scrape is a round trip: the gateway gets to run
         found = scrape.value(name, **labels)
-        if exactly:
-            assert found == expected, f"{name}{labels}: {found}, expected {expected}"
-        else:
-            assert found >= expected, f"{name}{labels}: {found}, expected at least {expected}"
+        assert found >= expected, f"{name}{labels}: {found}, expected at least {expected}"
         return scrape
 
 

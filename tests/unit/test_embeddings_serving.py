@@ -56,7 +56,7 @@ async def test_a_client_that_leaves_stops_its_request_between_two_batches(named:
     reader, writer = await asyncio.open_connection("127.0.0.1", named.port)
     writer.write(head.encode() + body)
     await writer.drain()
-    started = await named.grown(before, runs, 1, exactly=False, kind="api")  # the model has started
+    started = await named.grown_at_least(before, runs, 1, kind="api")  # the model has started
     assert not await _has_data(reader)  # no answer yet: the other texts are still to come
     writer.close()
     await writer.wait_closed()
