@@ -191,7 +191,7 @@ def fast_directory(workdir: Path) -> Path:
 async def main(plan: Json) -> Json:
     started = time.perf_counter()
     before = rss_mb()
-    embedder = Embedder(EmbeddingsConfig())
+    embedder = Embedder(EmbeddingsConfig(backend=plan.get("backend", "auto")))
     await embedder.start()
     loaded = {"load_s": time.perf_counter() - started, "rss_before_mb": before, "rss_loaded_mb": rss_mb()}
     workdir = Path(plan["workdir"])

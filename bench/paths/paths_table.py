@@ -127,7 +127,8 @@ def render(raw: Json | None, inproc: Json | None, plan: Json, meta: Json) -> str
         "# The paths users call through one Turnout gateway",
         "",
         f"Machine: {machine()}. Fake upstream and load generator on core 0; one Turnout process (one worker, the "
-        "embedding model loaded) on core 1; the in-process measurements on core 1 after the gateway stopped.",
+        f"embedding model loaded, embeddings.backend {plan.get('backend', 'auto')}) on core 1; the in-process "
+        "measurements on core 1 after the gateway stopped.",
         "",
     ]
     paths: dict[str, Json] = {}

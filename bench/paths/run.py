@@ -47,11 +47,12 @@ def log(message: str) -> None:
     print(f"[paths] {message}", file=sys.stderr, flush=True)
 
 
-def turnout(workdir: Path, upstream_url: str) -> Server:
+def turnout(workdir: Path, upstream_url: str, backend: str) -> Server:
     """Turnout as ``bench/overhead/targets.py`` starts it, with this benchmark's configuration."""
     port = targets.free_port()
     path = workdir / "turnout-paths.yaml"
-    path.write_text(yaml.safe_dump(workload.gateway_config(upstream_url, str(workdir / "qdrant")), sort_keys=False))
+    config = workload.gateway_config(upstream_url, str(workdir / "qdrant"), backend)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     python = REPO / ".venv" / "bin" / "python"
     argv = [str(python if python.exists() else sys.executable), "-m", "gateway", "serve"]
     argv += ["--config", str(path), "--port", str(port)]
@@ -108,6 +109,7 @@ def build_plan(args: argparse.Namespace, workdir: Path) -> Json:
     quick = args.quick
     return {
         "quick": quick,
+        "backend": args.backend,
         "targets": [],
         "pids": [],
         "body": json.loads(workload.DIRECT.body()),
@@ -122,6 +124,7 @@ def build_plan(args: argparse.Namespace, workdir: Path) -> Json:
         "wrk_bodies": 4000,  # new bodies per c=32 block: far more than a path that embeds answers in 2 s
         "kb_documents": 96 if quick else 320,
         "inprocess": {
+            "backend": args.backend,
             "workdir": str(workdir),
             "sizes": [10_000, 100_000],
             "queries": 40 if quick else 200,
@@ -159,7 +162,7 @@ def measure_gateway(plan: Json, workdir: Path, meta: Json) -> Json | None:
     try:
         upstream.start()
         upstream.wait_ready(time.monotonic() + 30)
-        gateway = turnout(workdir, upstream.url)
+        gateway = turnout(workdir, upstream.url, plan["backend"])
         servers.append(gateway)
         gateway.start()
         log("starting Turnout (loading the embedding model, embedding the intents' examples)")
@@ -213,6 +216,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (figures too noisy to quote)")
     parser.add_argument("--python-load", action="store_true", help="c=32 by the Python generator even with wrk")
     parser.add_argument("--out", type=Path, default=HERE / "latest.md", help="where the table is also written")
+    backends = ["auto", "onnx", "onnx-int8", "torch"]
+    parser.add_argument("--backend", choices=backends, default="auto", help="embeddings.backend of the gateway")
     args = parser.parse_args()
     began = time.monotonic()
     targets.pin(targets.UPSTREAM_CORE)  # this process only waits; keep even that off the gateway's core

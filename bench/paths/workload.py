@@ -307,12 +307,14 @@ def path(name: str) -> RequestPath:
 EXPECTED_RULE = {"rules": "orders", "rag": "knowledge-base"}  # checked before measuring
 
 
-def gateway_config(upstream_url: str, store_path: str) -> dict[str, Any]:
-    """The gateway's configuration: the upstream as its base model, three policies, four intents, one collection."""
+def gateway_config(upstream_url: str, store_path: str, backend: str = "auto") -> dict[str, Any]:
+    """The gateway's configuration: the upstream as its base model, three policies, four intents, one collection,
+    the embedding model run as ``backend`` says (``embeddings.backend``)."""
     base_prompt = "You are the support assistant of Acme. Answer briefly and politely."
     return {
         "server": {"log_level": "warning"},
         "vllm": {"url": upstream_url, "model": MODEL},
+        "embeddings": {"backend": backend},
         "rag": {
             "store": {"path": store_path},
             "collections": {
