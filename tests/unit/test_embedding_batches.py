@@ -5,6 +5,7 @@ and spacing and case variants of a query one cache entry and one vector."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -151,5 +152,20 @@ async def test_spacing_and_case_variants_are_one_entry_and_one_vector() -> None:
         direct = np.asarray(model.embed_many(["  how do i RESET my\npassword? "])[0])  # the model on the raw text
         assert float(np.dot(direct, np.asarray(first))) > 0.9999
         assert model.cache_key("Café  au LAIT") == "café au lait"
+    finally:
+        model.close()
+
+
+async def test_cached_vectors_are_nothing_the_garbage_collector_walks() -> None:
+    """Lists of floats in the cache made every full collection walk millions of items (a request's p99 went
+    from 6 to 21 ms once the cache filled): the cache holds flat float32 arrays, returned as the same floats."""
+    model = Embedder(EmbeddingsConfig(cache_size=8))
+    await model.start()
+    try:
+        first = await model.embed_query("When does the ferry leave?")
+        kept = model._cache[model.cache_key("When does the ferry leave?")]
+        assert len(gc.get_referents(first)) == 384  # a list: the collector would visit every float
+        assert len(gc.get_referents(kept)) <= 1  # the cached array: nothing of it but its type
+        assert await model.embed_query("When does the ferry leave?") == first
     finally:
         model.close()
