@@ -104,7 +104,11 @@ class Generator:
         return {"requests": len(latencies), "seconds": elapsed, "p99_ms": pct(latencies, 0.99), "errors": errors}
 
     async def wrk(self, target: Json, seconds: float, concurrency: int) -> Json:
-        env = {**os.environ, "WRK_BODY": self.body.decode(), "WRK_AUTH": target["headers"].get("Authorization", "")}
+        return await self.run_wrk(target, seconds, concurrency, {"WRK_BODY": self.body.decode()})
+
+    async def run_wrk(self, target: Json, seconds: float, concurrency: int, env: dict[str, str]) -> Json:
+        """One closed-loop block by wrk with the plan's Lua script (told ``env``): requests, seconds, p99, errors."""
+        env = {**os.environ, **env, "WRK_AUTH": target["headers"].get("Authorization", "")}
         argv = [self.plan["wrk"], "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
         argv += ["-s", self.plan["wrk_script"], target["url"] + CHAT]
         process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE)

@@ -11,9 +11,7 @@ them in turn), and the result says whether a block sent more requests than it ha
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -65,23 +63,9 @@ class PathsGenerator(load.Generator):
         count = self.plan["wrk_bodies"] if new_texts else 1
         bodies = self.workdir / f"bodies-{name}.jsonl"
         bodies.write_bytes(b"".join(self.next_body(target) + b"\n" for _ in range(count)))
-        env = {**os.environ, "WRK_BODIES": str(bodies), "WRK_AUTH": target["headers"].get("Authorization", "")}
-        argv = [self.plan["wrk"], "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
-        argv += ["-s", self.plan["wrk_script"], target["url"] + load.CHAT]
-        process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE)
-        out, _ = await process.communicate()
-        for line in out.decode().splitlines():
-            if line.startswith("WRK "):
-                row = json.loads(line[4:])
-                return {
-                    "requests": row["requests"],
-                    "seconds": row["duration_us"] / 1e6,
-                    "p99_ms": row["p99_us"] / 1000,
-                    "errors": row["errors"],
-                    # every request answered, and up to ``concurrency`` more sent, took a body of its own?
-                    "texts_repeated": new_texts and row["requests"] + concurrency > count,
-                }
-        raise RuntimeError(f"wrk printed no result for {name}:\n{out.decode()}")
+        row = await self.run_wrk(target, seconds, concurrency, {"WRK_BODIES": str(bodies)})
+        # every request answered, and up to ``concurrency`` more sent, took a body of its own?
+        return {**row, "texts_repeated": new_texts and row["requests"] + concurrency > count}
 
     async def warm(self) -> dict[str, str]:
         """Warm every path up (requests one at a time, then a second at concurrency 32); one that fails is
