@@ -307,13 +307,20 @@ def generator_keeps_up(step: Json, rate: float, late_ms: float) -> bool:
     )
 
 
-async def main(plan: Json) -> Json:
+async def main(plan: Json, generator: type[Generator] = Generator) -> Json:
     timeout = aiohttp.ClientTimeout(total=plan.get("timeout_s", 30))
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-        return await Generator(plan, session).run()
+        return await generator(plan, session).run()
+
+
+def cli(generator: type[Generator] = Generator) -> None:
+    """Run ``generator`` over the plan file named on the command line, on the load generator's core; print the
+    results as JSON."""
+    pin(UPSTREAM_CORE)
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    print(json.dumps(uvloop.run(main(plan, generator))))
 
 
 if __name__ == "__main__":
-    pin(UPSTREAM_CORE)
-    print(json.dumps(uvloop.run(main(json.loads(Path(sys.argv[1]).read_text())))))
+    cli()

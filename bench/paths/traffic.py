@@ -11,20 +11,17 @@ them in turn), and the result says whether a block sent more requests than it ha
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "overhead"))
 
 import load
-from targets import UPSTREAM_CORE, pin
 
 from paths import workload
 
@@ -100,13 +97,5 @@ class PathsGenerator(load.Generator):
         return {**results, "failed": failed, "phase_seconds": timings, "new_texts": dict(self.sent)}
 
 
-async def main(plan: Json) -> Json:
-    timeout = aiohttp.ClientTimeout(total=plan.get("timeout_s", 30))
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-        return await PathsGenerator(plan, session).run()
-
-
 if __name__ == "__main__":
-    pin(UPSTREAM_CORE)
-    print(json.dumps(uvloop.run(main(json.loads(Path(sys.argv[1]).read_text())))))
+    load.cli(PathsGenerator)
