@@ -84,9 +84,10 @@ class EmbeddingsConfig(Section):
     )
     backend: Literal["auto", "onnx", "onnx-int8", "torch"] = Field(
         "auto",
-        description="How the model runs: auto (its ONNX export through onnxruntime when the model is a BERT with "
-        "mean pooling, built locally once, else torch), onnx (the export, or refuse to start), onnx-int8 (the "
-        "export quantised to int8: about 4x faster, scores move by up to 0.07), torch (sentence-transformers).",
+        description="How the model runs: auto (its ONNX export quantised to 8-bit blocks, through onnxruntime, "
+        "when the model is a BERT with mean pooling, built locally once; else torch), onnx-int8 (that export, or "
+        "refuse to start), onnx (the exact export, about 1.4x slower; or refuse to start), torch "
+        "(sentence-transformers).",
     )
     export_dir: Path | None = Field(
         None,

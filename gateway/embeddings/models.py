@@ -1,16 +1,19 @@
 """The embedding model behind :class:`~gateway.embeddings.Embedder`, run one of two ways.
 
 * :class:`OnnxModel`: the model's ONNX export (:mod:`gateway.embeddings.export`) run by onnxruntime, with
-  the model's own tokenizer (``tokenizers``) and mean pooling done here: 2-3.5 ms per short query on two
-  cores, no torch in the process. Its vectors are the sentence-transformers pipeline's (cosine 1 - 2e-7):
-  padding goes to the batch's longest text, as there, not to the tokenizer file's fixed length.
+  the model's own tokenizer (``tokenizers``) and mean pooling done here: 3.4 ms for a 19-token query on one
+  core (4.7 exact), no torch in the process. The exact export's vectors are the sentence-transformers
+  pipeline's (cosine 1 - 2e-7): padding goes to the batch's longest text, as there, not to the tokenizer
+  file's fixed length.
 * :class:`TorchModel`: sentence-transformers on torch, for models the export does not support (and as
   ``embeddings.backend: torch``).
 
 :func:`load_model` picks one as ``embeddings.backend`` says: ``auto`` (the default) runs the ONNX export
 when the model can be exported (building it on first use, in a child process) and torch otherwise;
-``onnx`` and ``onnx-int8`` insist on the export (``onnx-int8``: its int8 quantisation, about 4x faster,
-scores moved by up to 0.07); ``torch`` never exports.
+``onnx`` and ``onnx-int8`` insist on the export; ``torch`` never exports. ``auto`` and ``onnx-int8`` run
+the export's int8 variant (weights and activations in blocks of 32 values, each with its own scale: about 1.4
+times faster than the exact export for one query, cosines above 0.998 with it, and the same routing decisions
+and top hits on every test set); ``onnx`` runs the exact one.
 
 May import: ``gateway.config``.
 """
@@ -138,7 +141,7 @@ def load_model(config: EmbeddingsConfig, location: Path) -> EmbeddingModel:
                 if not export.is_built(folder):
                     log.info("exporting the embedding model to ONNX in %s (once; about 10 s)", folder)
                     export.build_in_child(location, folder)
-                return OnnxModel(folder, int8=config.backend == "onnx-int8", threads=threads)
+                return OnnxModel(folder, int8=config.backend != "onnx", threads=threads)
             except (export.ExportError, OSError, ImportError) as exc:
                 problem = str(exc)
         if config.backend != "auto":
