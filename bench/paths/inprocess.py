@@ -50,6 +50,7 @@ from paths import workload
 Json = dict[str, Any]
 CHUNKS_PER_DOCUMENT = 1000  # synthetic chunks written per write_document call
 QUESTION_OFFSET = 10_000_000  # question indices far from the ones the load generator sends
+CEILING_OFFSET = 20_000_000  # and the embedding-alone measurement's, far from both
 
 
 def log(message: str) -> None:
@@ -147,6 +148,30 @@ async def retrieval(embedder: Embedder, store_dir: Path, sizes: list[int], queri
     return rows
 
 
+async def embedding_alone(embedder: Embedder, queries: int, concurrency: int = 32) -> Json:
+    """The semantic path's new questions through ``Embedder.embed_query`` with no gateway around it: one at a
+    time (ms each), then ``concurrency`` callers at once (queries/s): the ceiling the model sets on this core."""
+    for i in range(8):
+        await embedder.embed_query(f"warm-up question number {i}")
+    single: list[float] = []
+    for i in range(queries):
+        started = time.perf_counter()
+        await embedder.embed_query(workload.semantic_question(CEILING_OFFSET + i))
+        single.append((time.perf_counter() - started) * 1000)
+    next_question = iter(range(CEILING_OFFSET + queries, CEILING_OFFSET + queries + 32 * queries))
+
+    async def caller() -> int:
+        done = 0
+        for i in next_question:  # one shared iterator: every question is new, and the callers share the work
+            await embedder.embed_query(workload.semantic_question(i))
+            done += 1
+        return done
+
+    started = time.perf_counter()
+    done = sum(await asyncio.gather(*(caller() for _ in range(concurrency))))
+    return {"single_ms": single, "concurrent_qps": done / (time.perf_counter() - started), "concurrency": concurrency}
+
+
 async def ingestion(embedder: Embedder, store_dir: Path, rounds: int, per_round: int) -> Json:
     store = VectorStore.open(RagStoreConfig(path=store_dir), embedder.dimension)
     ingestor = Ingestor(store, embedder, ChunkingConfig())
@@ -199,6 +224,9 @@ async def main(plan: Json) -> Json:
     try:
         timings: Json = {}
         t = time.perf_counter()
+        alone = await embedding_alone(embedder, plan["queries"])
+        timings["embedding"] = time.perf_counter() - t
+        t = time.perf_counter()
         ingest = await ingestion(embedder, workdir / "ingest-qdrant", plan["ingest_rounds"], plan["ingest_chunks"])
         timings["ingestion"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -209,6 +237,7 @@ async def main(plan: Json) -> Json:
         shutil.rmtree(store_dir, ignore_errors=True)
     return {
         "embedder": loaded,
+        "embedding": alone,
         "ingestion": ingest,
         "retrieval": rows,
         "store_dir": str(store_dir.parent),

@@ -68,7 +68,13 @@ def rates(ingestion: Json) -> tuple[float, float]:
     return alone["chunks"] / alone["seconds"], ingestor["chunks"] / ingestor["seconds"]
 
 
-def goals(paths: dict[str, Json], retrieval: list[Json], ingestion: Json | None, rss_mb: float | None) -> list[str]:
+def goals(
+    paths: dict[str, Json],
+    retrieval: list[Json],
+    ingestion: Json | None,
+    rss_mb: float | None,
+    embedding: Json | None = None,
+) -> list[str]:
     lines = []
     semantic, by_name = paths.get(SEMANTIC_NEW), paths.get(BY_NAME)
     if semantic is None:
@@ -88,6 +94,12 @@ def goals(paths: dict[str, Json], retrieval: list[Json], ingestion: Json | None,
             f"{semantic['rps']:,.0f} vs {by_name['rps']:,.0f} ({share:.1%}): "
             f"**{verdict(share >= SEMANTIC_RPS_SHARE)}**"
         )
+        if embedding is not None:
+            ceiling = embedding["concurrent_qps"]
+            lines.append(
+                f"  (the embedding alone, {embedding['concurrency']} callers at once with no gateway around it: "
+                f"{ceiling:,.0f} queries/s; the semantic path serves {semantic['rps'] / ceiling:.0%} of that)"
+            )
     if ingestion is None:
         lines.append("- Ingestion ≥ 80% of the embedder alone: not measured: **MISS**")
     else:
@@ -189,7 +201,16 @@ def render(raw: Json | None, inproc: Json | None, plan: Json, meta: Json) -> str
         ]
     if inproc is None:
         out += [f"In-process measurements: not measured ({meta.get('inprocess_error', 'unknown')}).", ""]
-    out += ["Goals:", "", *goals(paths, retrieval, ingestion, rss.get("after")), ""]
+    embedding = inproc.get("embedding") if inproc else None
+    if embedding is not None:
+        single = embedding["single_ms"]
+        out += [
+            "The embedding alone, as the gateway calls it (`Embedder.embed_query`, the semantic path's new questions, "
+            f"no gateway around it): one at a time p50 {median(single):.2f} ms, p99 {pct(single, 0.99):.2f} ms; "
+            f"{embedding['concurrency']} callers at once {embedding['concurrent_qps']:,.0f} queries/s.",
+            "",
+        ]
+    out += ["Goals:", "", *goals(paths, retrieval, ingestion, rss.get("after"), embedding), ""]
     out += how(raw, inproc, plan, meta)
     return "\n".join(out) + "\n"
 
