@@ -96,3 +96,15 @@ def test_goals_pass_and_miss_at_their_bounds() -> None:
     ingestion["ingestor"]["seconds"] = 12.6
     lines = paths_table.goals(paths, [paths_table.retrieval_figures(retrieval_row(8.0, 10.1))], ingestion, 600.0)
     assert [line.endswith("**MISS**") for line in lines] == [True, True, True, True, True]
+
+
+def test_the_embeddings_own_ceiling_is_stated_beside_the_throughput_goal() -> None:
+    raw = raw_results(5.0, 200)
+    paths = {n: paths_table.path_figures(raw, n) for n in raw["c1"]}
+    embedding = {"single_ms": [3.0] * 10, "concurrent_qps": 400.0, "concurrency": 32}
+    lines = paths_table.goals(paths, [], None, 100.0, embedding)
+    ceiling = [line for line in lines if "the embedding alone" in line]
+    assert ceiling == [
+        "  (the embedding alone, 32 callers at once with no gateway around it: 400 queries/s; the semantic path "
+        "serves 25% of that)"
+    ]
