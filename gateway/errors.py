@@ -13,6 +13,12 @@ while the client sees a clear, bounded message and never a traceback.
     +-- Unauthenticated               401 invalid_request_error  code invalid_api_key
     +-- PermissionDenied              403 invalid_request_error  code permission_denied
     +-- RequestTooLarge               413 invalid_request_error
+    +-- ProtocolRefused               400 invalid_request_error  (the HTTP layer's own refusals, before any route:)
+    |   +-- RequestTimeout            408 invalid_request_error  (headers or body too slow to arrive)
+    |   +-- UrlTooLong                414 invalid_request_error
+    |   +-- HeadersTooLarge           431 invalid_request_error
+    |   +-- MethodNotImplemented      501 invalid_request_error  (a method HTTP's parser does not know)
+    |   +-- ConnectionsExhausted      503 service_unavailable    (server.max_connections open already)
     +-- ClientLeft                    499 (nobody to tell: the client left before its request was whole)
     +-- ModelNotFound                 404 invalid_request_error  code model_not_found
     +-- RouteNotFound                 404 invalid_request_error  (unknown URL)
@@ -143,6 +149,41 @@ class RequestTooLarge(TurnoutError):
     status = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class ProtocolRefused(TurnoutError):
+    """Refused by the HTTP layer before any route saw the request (a malformed request line or headers); the
+    connection is closed after the envelope."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_http_request"
+
+
+class RequestTimeout(ProtocolRefused):
+    status = 408
+    default_code = "request_timeout"
+
+
+class UrlTooLong(ProtocolRefused):
+    status = 414
+    default_code = "url_too_long"
+
+
+class HeadersTooLarge(ProtocolRefused):
+    status = 431
+    default_code = "headers_too_large"
+
+
+class MethodNotImplemented(ProtocolRefused):
+    status = 501
+    default_code = "method_not_implemented"
+
+
+class ConnectionsExhausted(ProtocolRefused):
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "too_many_connections"
 
 
 class ClientLeft(TurnoutError):

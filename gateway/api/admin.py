@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from gateway.api.deps import ComponentsDep, admin_identity
+from gateway.api.deps import READ, ComponentsDep, admin_identity
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_identity)])
 
 
-@router.get("/adapters")
+@router.api_route("/adapters", methods=READ)
 async def adapters(parts: ComponentsDep) -> dict[str, Any]:
     """Per vLLM replica: health, requests in flight, and each adapter resident, loading or failed (why)."""
     return parts.fleet.snapshot()

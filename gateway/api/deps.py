@@ -46,3 +46,6 @@ async def request_body(request: Request, parts: ComponentsDep) -> bytes:
 
 ContextDep = Annotated[RequestContext, Depends(request_context)]
 BodyDep = Annotated[bytes, Depends(request_body)]
+
+# What every reading route answers: GET, and HEAD (the same status and headers, no body; uvicorn drops it).
+READ = ["GET", "HEAD"]

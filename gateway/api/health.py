@@ -6,18 +6,18 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.api.deps import ComponentsDep
+from gateway.api.deps import READ, ComponentsDep
 from gateway.errors import UpstreamUnavailable
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.api_route("/health", methods=READ)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.api_route("/ready", methods=READ)
 async def ready(parts: ComponentsDep) -> dict[str, Any]:
     """Ready while at least one vLLM replica answers its ``/health`` now."""
     answers = await parts.fleet.ready()

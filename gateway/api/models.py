@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.api.deps import ComponentsDep, IdentityDep
+from gateway.api.deps import READ, ComponentsDep, IdentityDep
 from gateway.components import Components
 from gateway.errors import ModelNotFound
 from routing import Policy, TargetKind
@@ -49,12 +49,12 @@ def model_cards(parts: Components) -> list[dict[str, Any]]:
     return cards
 
 
-@router.get("/v1/models")
+@router.api_route("/v1/models", methods=READ)
 async def list_models(parts: ComponentsDep, _: IdentityDep) -> dict[str, Any]:
     return {"object": "list", "data": model_cards(parts)}
 
 
-@router.get("/v1/models/{model:path}")
+@router.api_route("/v1/models/{model:path}", methods=READ)
 async def retrieve_model(model: str, parts: ComponentsDep, _: IdentityDep) -> dict[str, Any]:
     for card in model_cards(parts):
         if card["id"] == model:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.api.deps import BodyDep, ComponentsDep, IdentityDep
+from gateway.api.deps import READ, BodyDep, ComponentsDep, IdentityDep
 from gateway.auth import Identity
 from gateway.components import Components
 from gateway.errors import CollectionNotFound, InvalidRequest, PermissionDenied, TurnoutError
@@ -75,7 +75,7 @@ async def _guard(call: Any) -> Any:
         raise translate(exc, Boundary.RETRIEVAL, "the vector store") from exc
 
 
-@router.get("/collections")
+@router.api_route("/collections", methods=READ)
 async def list_collections(parts: ComponentsDep, who: IdentityDep) -> dict[str, Any]:
     data = []
     for name, spec in parts.config.rag.collections.items():
@@ -125,7 +125,7 @@ async def ingest(collection: str, body: BodyDep, parts: ComponentsDep, who: Iden
     return {"collection": collection, "tenant": tenant or None, **report.as_dict()}
 
 
-@router.get("/collections/{collection}/documents")
+@router.api_route("/collections/{collection}/documents", methods=READ)
 async def list_documents(
     collection: str, parts: ComponentsDep, who: IdentityDep, tenant: TenantQuery = None
 ) -> dict[str, Any]:

@@ -74,6 +74,37 @@ class ServerConfig(Section):
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    # The connection's edge (gateway/api/edge.py): checked on the bytes as they arrive, before any API key.
+    max_url_bytes: int = Field(
+        8192, ge=256, le=1 << 20, description="Longest request target (path and query); longer get 414."
+    )
+    max_header_bytes: int = Field(
+        32768,
+        ge=1024,
+        le=1 << 20,
+        description="Most bytes of headers in one request; more get 431 and the connection is closed.",
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="Most header lines in one request; more get 431.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's headers, from its connection or its request's first "
+        "byte; slower get 408 and are closed (a connection that sent nothing is just closed).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's whole body once its headers are in; slower get 408 "
+        "and are closed. Answers, streams included, are never cut by it.",
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, le=3600, description="Seconds an idle kept-alive client connection stays open between requests."
+    )
+    max_connections: int = Field(
+        1024, ge=1, le=1_000_000, description="Client connections open at once; one more gets 503 and is closed."
+    )
 
 
 class EmbeddingsConfig(Section):

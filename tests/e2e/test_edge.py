@@ -1,0 +1,175 @@
+"""The connection's edge of a real gateway process (uvicorn, httptools): oversized and slow requests, too many
+connections and bytes that are not HTTP are refused in the OpenAI envelope with their status, the connection
+is closed, and the gateway goes on serving. Raw sockets, since no HTTP client sends such requests."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import localstack
+import pytest
+
+from tests.support.gateway import GatewayProcess
+
+LIMITS = {
+    "max_url_bytes": 1024,
+    "max_header_bytes": 4096,
+    "max_headers": 20,
+    "header_timeout_s": 1.0,
+    "body_timeout_s": 1.0,
+    "max_connections": 6,
+}
+PATIENCE_S = 20.0  # how long a test waits for the gateway to act: far above the 1 s deadlines, never asserted
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    workdir: Path = tmp_path_factory.mktemp("edge")
+    config: dict[str, Any] = {
+        "server": {"log_level": "warning", **LIMITS},
+        # nothing listens there: these tests never reach an upstream
+        "vllm": {"url": f"http://127.0.0.1:{localstack.free_port()}", "model": "edge-model"},
+    }
+    process = GatewayProcess(config, workdir, localstack.free_port()).start()
+    yield process
+    process.stop()
+
+
+def _connect(gateway: GatewayProcess) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", gateway.port), timeout=PATIENCE_S)
+    return conn
+
+
+def _answer(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read until the gateway closes the connection: the status, headers and body it sent."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+def _refused(conn: socket.socket, status: int, code: str) -> dict[str, Any]:
+    got, headers, body = _answer(conn)
+    assert got == status, body
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    return dict(error)
+
+
+def _still_serving(gateway: GatewayProcess) -> None:
+    assert httpx.get(gateway.url + "/v1/models", timeout=PATIENCE_S).status_code == 200
+
+
+def test_a_huge_header_is_431_before_it_is_whole(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    conn.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 64 * 1024)  # never finished
+    error = _refused(conn, 431, "headers_too_large")
+    assert "server.max_header_bytes" in error["message"]
+    _still_serving(edge)
+
+
+def test_too_many_header_lines_is_431(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    lines = b"".join(b"x-h%d: v\r\n" % i for i in range(40))
+    conn.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n" + lines + b"\r\n")
+    _refused(conn, 431, "headers_too_large")
+
+
+def test_a_long_url_is_414(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    conn.sendall(b"GET /v1/models?q=" + b"a" * 100_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+    error = _refused(conn, 414, "url_too_long")
+    assert "server.max_url_bytes" in error["message"]
+
+
+def test_headers_sent_slowly_get_408(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    conn.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")  # and nothing more
+    error = _refused(conn, 408, "request_timeout")
+    assert "server.header_timeout_s" in error["message"]
+
+
+def test_a_body_that_never_finishes_gets_408(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    conn.sendall(head + b"content-length: 1000\r\n\r\n" + b'{"model": "edge-model"')
+    error = _refused(conn, 408, "request_timeout")
+    assert "server.body_timeout_s" in error["message"]
+
+
+def test_a_chunked_body_that_never_ends_gets_408(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    _refused(conn, 408, "request_timeout")
+
+
+def test_a_connection_that_sends_nothing_is_closed(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    assert conn.recv(1) == b""  # closed by the gateway: recv would otherwise wait PATIENCE_S and raise
+
+
+def test_bytes_that_are_not_http_get_the_envelope(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    conn.sendall(b"\x16\x03\x01 this is not http\r\n\r\n")
+    error = _refused(conn, 400, "invalid_http_request")
+    assert "not valid HTTP/1.1" in error["message"]
+
+
+def test_an_unknown_method_is_501(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    conn.sendall(b"BREW /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+    _refused(conn, 501, "method_not_implemented")
+
+
+def test_a_content_length_shorter_than_the_body_gets_the_envelope(edge: GatewayProcess) -> None:
+    """The ``curl -H 'Content-Length: 5' -d '{"model":"x"}'`` case: what follows the five bytes cannot be
+    HTTP, so the connection is refused with one envelope and closed."""
+    conn = _connect(edge)
+    body = b'{"model":"x"}'
+    conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n" + body)
+    _refused(conn, 400, "invalid_http_request")
+
+
+def test_one_connection_too_many_gets_503_with_retry_after(edge: GatewayProcess) -> None:
+    # The gateway's own connections count too; open idle ones until it refuses (it must, within the cap).
+    held = [_connect(edge) for _ in range(int(LIMITS["max_connections"]))]
+    try:
+        extra = _connect(edge)
+        extra.settimeout(PATIENCE_S)
+        status, headers, body = _answer(extra)
+        assert status == 503, body
+        assert headers["retry-after"] == "1"
+        assert json.loads(body)["error"]["code"] == "too_many_connections"
+    finally:
+        for conn in held:
+            conn.close()
+    _still_serving(edge)
+
+
+def test_head_answers_like_get_without_a_body(edge: GatewayProcess) -> None:
+    for path in ("/v1/models", "/health", "/metrics"):
+        head, get = httpx.head(edge.url + path), httpx.get(edge.url + path)
+        assert head.status_code == get.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_refusals_are_counted_by_code(edge: GatewayProcess) -> None:
+    conn = _connect(edge)
+    conn.sendall(b"GET /v1/models?q=" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
+    _refused(conn, 414, "url_too_long")
+    metrics = httpx.get(edge.url + "/metrics").text
+    counted = [line for line in metrics.splitlines() if line.startswith('turnout_errors_total{type="url_too_long"}')]
+    assert counted
+    assert float(counted[0].split()[-1]) >= 1
