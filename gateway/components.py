@@ -43,6 +43,7 @@ from gateway.fleet.discovery import Resolver
 from gateway.fleet.fleet import Fleet
 from gateway.fleet.placement import Placement
 from gateway.metrics import Metrics
+from gateway.protocol.caps import InputCaps
 from gateway.routing_state import build_routing_table, openai_models, policies_use_intents, policies_use_openai
 from routing import RoutingTable, TargetKind
 
@@ -157,7 +158,7 @@ class Components:
             self._rag_backend.use_collections(new.rag.collections)
         self.auth = Authenticator(new.auth)
         self.service.accounting.use_prices(prices)
-        self.service.swap(table, embedder)
+        self.service.swap(table, embedder, input_caps(new))
         self.embeddings.use(embedder, new.serves_embeddings)
         self.config = new
         self.reloads += 1
@@ -203,6 +204,11 @@ async def _embedder_for(config: TurnoutConfig, current: Embedder | None, metrics
     )
     await embedder.start()
     return embedder
+
+
+def input_caps(config: TurnoutConfig) -> InputCaps:
+    limits = config.limits
+    return InputCaps(limits.max_messages, limits.max_message_chars, limits.max_input_chars)
 
 
 async def build_components(
@@ -276,7 +282,7 @@ async def build_components(
     counter = await asyncio.to_thread(
         TokenCounter, tokenizer, openai_backend.count_tokens if policies_use_openai(config) else None
     )
-    service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter))
+    service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter), input_caps(config))
     components = Components(config, config_path, fleet, service, store, ingestor, metrics, rag_backend, served)
     stack.push_async_callback(components.aclose)
     return components

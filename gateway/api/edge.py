@@ -16,9 +16,10 @@ any size on any number of connections, or send a body one byte a minute, before 
 * the parser's refusals (a malformed request line or header, a bad ``Content-Length``, an unknown method) as
   the OpenAI envelope with their status instead of uvicorn's plain text.
 
-Each refusal closes the connection (the rest of its bytes cannot be trusted) and is counted by status in
-``turnout_edge_refusals_total``. uvicorn's own settings are used where they exist (keep-alive, graceful
-shutdown); this subclass only adds what it has no setting for.
+Each refusal ends the connection (the rest of its bytes cannot be trusted): the answer is sent, the sending
+side shut, and what still arrives dropped for a moment before closing, so the client reads the answer
+instead of a reset. Refusals are counted by code in ``turnout_errors_total``. uvicorn's own settings are
+used where they exist (keep-alive, graceful shutdown); this subclass only adds what it has no setting for.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ log = logging.getLogger("turnout.edge")
 
 RETRY_AFTER_S = 1  # what a refused connection is told to wait
 _START_BYTES = 32
+LINGER_S = 2.0  # after a refusal: how long what the client still sends is read and dropped
+LINGER_BYTES = 1 << 20  # ... and how much of it
 _METHOD = re.compile(rb"[A-Z][A-Z_-]* ")
 
 
@@ -102,6 +105,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._in_head = True  # from the connection's start, or the last request's end, to a head's end
         self._refusal: ProtocolRefused | None = None
         self._ended = 0  # requests whose bytes ended on this connection
+        self._dropped = 0  # bytes read and dropped after a refusal
         self._start = b""  # the current head's first bytes, to tell an unknown method from bytes that are not HTTP
         self.deadline: float | None = None  # when the head or body awaited must be in (the loop's clock)
         self._awaiting = "headers"
@@ -110,6 +114,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         crowded = len(self.connections) >= self._limits.max_connections
         super().connection_made(transport)
+        self._edge.opened(self)
         if crowded:
             refusal = ConnectionsExhausted(
                 f"The gateway has {self._limits.max_connections} connections open (server.max_connections); "
@@ -118,7 +123,6 @@ class EdgeProtocol(HttpToolsProtocol):
             refusal.add_headers({"retry-after": str(RETRY_AFTER_S)})
             self._refuse(refusal)
             return
-        self._edge.opened(self)
         self._arm(self._limits.header_timeout_s, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -129,7 +133,10 @@ class EdgeProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """uvicorn's own, with the head's bytes counted and the parser's refusals kept with their reason."""
         if self._refusal is not None:
-            return  # refused: the connection is closing, nothing more is read
+            self._dropped += len(data)  # refused: what still arrives is dropped while the answer leaves
+            if self._dropped > LINGER_BYTES:
+                self.transport.close()
+            return
         self._unset_keepalive_if_required()
         if self._in_head:
             if not self._head_bytes:
@@ -225,7 +232,18 @@ class EdgeProtocol(HttpToolsProtocol):
             body,
         ]
         self.transport.write(b"".join(head))
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answer without losing it: closing a socket that still has unread bytes makes the
+        kernel reset the connection, and the client may never read the answer. So the sending side is shut,
+        and what still arrives is read and dropped for at most ``LINGER_S`` or ``LINGER_BYTES``; the client
+        closes first as a rule."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._arm(LINGER_S, "linger")
 
     def _count(self, code: str) -> None:
         components = self.app_state.get("components")
@@ -245,6 +263,9 @@ class EdgeProtocol(HttpToolsProtocol):
         what = self._awaiting
         self.deadline = None
         if self.transport.is_closing():
+            return
+        if what == "linger":
+            self.transport.close()
             return
         if what == "headers" and self._head_bytes == 0 and self.cycle is None:
             # a connection that never sent a byte: nobody to answer, only a socket to free

@@ -302,6 +302,23 @@ class CostsConfig(Section):
     rag: RagCostConfig = Field(default_factory=RagCostConfig)
 
 
+class LimitsConfig(Section):
+    """What one completion request (or route explanation) may carry: bounds on the work a small body can ask."""
+
+    max_messages: int = Field(
+        2048, ge=1, le=1_000_000, description="Most messages (or Responses input items, or prompts) in one request."
+    )
+    max_message_chars: int = Field(
+        524_288,
+        ge=1,
+        description="Most characters of text in one message; the default is a 128k-token context at ~4 "
+        "characters a token, more than any served model reads.",
+    )
+    max_input_chars: int = Field(
+        524_288, ge=1, description="Most characters of text in all of one request's messages together."
+    )
+
+
 class EnvironmentSource(EnvSettingsSource):
     """``TURNOUT_*`` variables, where a value that is not the JSON its key takes stays the string it is.
 
@@ -333,6 +350,7 @@ class TurnoutConfig(BaseSettings):
         default_factory=AdapterStoreConfig, description="Where adapter versions are kept for every replica."
     )
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
     openai: OpenAIConfig = Field(

@@ -25,6 +25,7 @@ from gateway.dispatch.delivery import Completion
 from gateway.dispatch.shaping import request_features
 from gateway.embeddings import Embedder
 from gateway.errors import ModelNotFound, RetrievalUnavailable, TurnoutError, UnsupportedEndpoint
+from gateway.protocol.caps import InputCaps, check_input
 from gateway.protocol.requests import Endpoint, parse_request
 from routing import Decision, RequestFeatures, RoutingTable, TargetKind, decide, explain
 
@@ -56,6 +57,7 @@ class _Serving:
 
     table: RoutingTable
     embedder: Embedder | None
+    caps: InputCaps
 
 
 class CompletionService:
@@ -70,8 +72,9 @@ class CompletionService:
         backends: Mapping[TargetKind, Backend],
         embedder: Embedder | None,
         accounting: Accounting,
+        caps: InputCaps,
     ) -> None:
-        self._serving = _Serving(table, embedder)
+        self._serving = _Serving(table, embedder, caps)
         self.backends = backends
         self.accounting = accounting
         self.metrics = accounting.metrics
@@ -84,15 +87,17 @@ class CompletionService:
     def embedder(self) -> Embedder | None:
         return self._serving.embedder
 
-    def swap(self, table: RoutingTable, embedder: Embedder | None) -> None:
-        """Route requests that arrive from now on by ``table`` (built with ``embedder``): a reload."""
-        self._serving = _Serving(table, embedder)
+    def swap(self, table: RoutingTable, embedder: Embedder | None, caps: InputCaps) -> None:
+        """Route requests that arrive from now on by ``table`` (built with ``embedder``) and check them against
+        ``caps``: a reload."""
+        self._serving = _Serving(table, embedder, caps)
 
     async def features(
         self, endpoint: Endpoint, raw: bytes, ctx: RequestContext, serving: _Serving
     ) -> tuple[dict[str, Any], bool, RequestFeatures]:
         table, embedder = serving.table, serving.embedder
         data, request = parse_request(endpoint, raw)
+        check_input(data, serving.caps)
         features = request_features(
             request, ctx.request_id, ctx.tenant, ctx.headers, conversation=table.needs_conversation(request.model)
         )

@@ -32,6 +32,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir: Path = tmp_path_factory.mktemp("edge")
     config: dict[str, Any] = {
         "server": {"log_level": "warning", **LIMITS},
+        "limits": {"max_messages": 50, "max_message_chars": 1000, "max_input_chars": 5000},
         # nothing listens there: these tests never reach an upstream
         "vllm": {"url": f"http://127.0.0.1:{localstack.free_port()}", "model": "edge-model"},
     }
@@ -173,3 +174,13 @@ def test_refusals_are_counted_by_code(edge: GatewayProcess) -> None:
     counted = [line for line in metrics.splitlines() if line.startswith('turnout_errors_total{type="url_too_long"}')]
     assert counted
     assert float(counted[0].split()[-1]) >= 1
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route/explain"])
+def test_input_caps_hold_on_completions_and_explain(edge: GatewayProcess, path: str) -> None:
+    many = {"model": "edge-model", "messages": [{"role": "user", "content": "hi"}] * 50_000}
+    long = {"model": "edge-model", "messages": [{"role": "user", "content": "a" * 4_000_000}]}
+    for body, code in ((many, "too_many_messages"), (long, "message_too_long")):
+        response = httpx.post(edge.url + path, json=body, timeout=PATIENCE_S)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == code

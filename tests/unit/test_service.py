@@ -27,6 +27,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.metrics import Metrics
+from gateway.protocol.caps import InputCaps
 from routing import RoutingTable, Target, TargetKind
 from routing.spec import PolicySpec
 from tests.unit.accounting_support import requests_total, sample, vllm_cost
@@ -37,6 +38,8 @@ DIRECT = {
     "formal": Target(TargetKind.ADAPTER, "formal"),
     "terse": Target(TargetKind.ADAPTER, "terse"),
 }
+
+CAPS = InputCaps(max_messages=2048, max_message_chars=524_288, max_input_chars=524_288)
 
 
 class Stub:
@@ -66,7 +69,7 @@ def service(
     table = RoutingTable.build(DIRECT, {"bot": PolicySpec.model_validate(policy)}, "tiny", None)
     stub = Stub(outcomes)
     backends = {TargetKind.BASE: stub, TargetKind.ADAPTER: stub, TargetKind.RAG: stub}
-    return CompletionService(table, backends, None, accounting), stub
+    return CompletionService(table, backends, None, accounting, CAPS), stub
 
 
 def body(model: str = "bot", **extra: Any) -> bytes:
@@ -178,7 +181,9 @@ async def test_refusals_are_recorded_before_they_are_raised(
 async def test_a_reload_swaps_the_table_for_new_requests_only(accounting: Accounting) -> None:
     svc, stub = service({"default": "adapter:formal"}, {}, accounting)
     before = await svc.complete("chat", body(), RequestContext("req-1"))
-    svc.swap(RoutingTable.build(DIRECT, {"bot": PolicySpec.model_validate({"default": "base"})}, "tiny", None), None)
+    svc.swap(
+        RoutingTable.build(DIRECT, {"bot": PolicySpec.model_validate({"default": "base"})}, "tiny", None), None, CAPS
+    )
     after = await svc.complete("chat", body(), RequestContext("req-2"))
     for completion in (before, after):
         delivery = await completion.open()
@@ -199,7 +204,7 @@ async def test_a_streamed_answer_that_breaks_off_ends_with_an_error_event(accoun
             return Opened(Breaking(b"", "text/event-stream"))
 
     table = RoutingTable.build(DIRECT, {}, "tiny", None)
-    svc = CompletionService(table, {TargetKind.BASE: Streams({})}, None, accounting)
+    svc = CompletionService(table, {TargetKind.BASE: Streams({})}, None, accounting, CAPS)
     completion = await svc.complete("chat", body("tiny", stream=True), RequestContext("req-1"))
     delivery = await completion.open()
     events = [event async for event in delivery.events()]
