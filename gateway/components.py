@@ -33,10 +33,11 @@ from gateway.adapters.served import ServedAdapters
 from gateway.adapters.validation import BaseModelFacts
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, TurnoutConfig, load_config
+from gateway.dispatch.admission import Admission, AdmissionLimits
 from gateway.dispatch.backend import Backend, VllmBackend
 from gateway.dispatch.embeddings import EmbeddingService
 from gateway.dispatch.openai_backend import OpenAIBackend
-from gateway.dispatch.service import CompletionService
+from gateway.dispatch.service import CompletionService, RequestLimits
 from gateway.embeddings import Embedder, EmbedderError
 from gateway.errors import ConfigRejected
 from gateway.fleet.discovery import Resolver
@@ -100,11 +101,13 @@ class Components:
         self.embeddings = EmbeddingService(config.embeddings, service.accounting)
         self.embeddings.use(service.embedder, config.serves_embeddings)
         self.auth = Authenticator(config.auth)
+        self.admission = Admission(admission_limits(config))
         self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
         self.reloads = 0
 
     async def aclose(self) -> None:
+        self.service.deadlines.close()
         if self.store is not None:
             await self.store.close()
         if self.service.embedder is not None:
@@ -158,7 +161,8 @@ class Components:
             self._rag_backend.use_collections(new.rag.collections)
         self.auth = Authenticator(new.auth)
         self.service.accounting.use_prices(prices)
-        self.service.swap(table, embedder, input_caps(new))
+        self.service.swap(table, embedder, request_limits(new))
+        self.admission.use(admission_limits(new))
         self.embeddings.use(embedder, new.serves_embeddings)
         self.config = new
         self.reloads += 1
@@ -206,9 +210,15 @@ async def _embedder_for(config: TurnoutConfig, current: Embedder | None, metrics
     return embedder
 
 
-def input_caps(config: TurnoutConfig) -> InputCaps:
+def request_limits(config: TurnoutConfig) -> RequestLimits:
     limits = config.limits
-    return InputCaps(limits.max_messages, limits.max_message_chars, limits.max_input_chars)
+    caps = InputCaps(limits.max_messages, limits.max_message_chars, limits.max_input_chars)
+    return RequestLimits(caps, limits.first_byte_timeout_s)
+
+
+def admission_limits(config: TurnoutConfig) -> AdmissionLimits:
+    limits = config.limits
+    return AdmissionLimits(limits.max_in_work, limits.max_waiting, limits.max_wait_s)
 
 
 async def build_components(
@@ -282,7 +292,7 @@ async def build_components(
     counter = await asyncio.to_thread(
         TokenCounter, tokenizer, openai_backend.count_tokens if policies_use_openai(config) else None
     )
-    service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter), input_caps(config))
+    service = CompletionService(table, backends, embedder, Accounting(metrics, prices, counter), request_limits(config))
     components = Components(config, config_path, fleet, service, store, ingestor, metrics, rag_backend, served)
     stack.push_async_callback(components.aclose)
     return components

@@ -24,6 +24,8 @@ while the client sees a clear, bounded message and never a traceback.
     +-- RouteNotFound                 404 invalid_request_error  (unknown URL)
     +-- MethodNotAllowed              405 invalid_request_error
     +-- CapacityExhausted             503 service_unavailable    (every adapter slot busy)
+    +-- Overloaded                    503 service_unavailable    (the gateway's own work is full: retry-after)
+    +-- DeadlineExceeded              504 deadline_exceeded      (no first byte within limits.first_byte_timeout_s)
     +-- RetrievalUnavailable          503 service_unavailable    (vector store or embedder failed)
     +-- CollectionNotFound            404 invalid_request_error
     +-- UpstreamError                 502 upstream_error         (bad answer from a backend)
@@ -218,6 +220,32 @@ class CapacityExhausted(TurnoutError):
     error_type = "service_unavailable"
     default_code = "adapter_capacity_exhausted"
     falls_back = True
+
+
+class Overloaded(TurnoutError):
+    """The gateway has as many requests in its own work (parsing, routing, embedding) as it takes, and as
+    many waiting as it lets wait: refused at once, with ``retry-after``, rather than queued silently."""
+
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers["retry-after"] = str(retry_after_s)
+
+    def for_another_request(self) -> TurnoutError:
+        twin = super().for_another_request()
+        twin.headers = dict(self.headers)
+        return twin
+
+
+class DeadlineExceeded(TurnoutError):
+    """No first byte of an answer within the request's deadline (``limits.first_byte_timeout_s``)."""
+
+    status = 504
+    error_type = "deadline_exceeded"
+    default_code = "first_byte_deadline_exceeded"
 
 
 class UpstreamError(TurnoutError):

@@ -56,7 +56,8 @@ class CompletionEndpoint:
         who = pipeline.identify(components, headers.get("authorization"))
         body = await pipeline.read_body(components, receive, headers.get("content-length"))
         ctx = pipeline.context(scope, who, headers)
-        completion = await components.service.complete(self.endpoint, body, ctx)
+        async with components.admission.slot():  # the gateway's own work: parse, route, embed
+            completion = await components.service.complete(self.endpoint, body, ctx)
         await respond(completion, scope, receive, send)
 
 

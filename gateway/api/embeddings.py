@@ -25,8 +25,9 @@ router = APIRouter()
 
 @router.post(PATH)
 async def create_embeddings(request: Request, body: BodyDep, parts: ComponentsDep, _: IdentityDep) -> Response:
-    job = await parts.embeddings.accept(body, request.scope["state"]["arrived"])
-    return await _answer(job, request)
+    async with parts.admission.slot():  # embedding is the gateway's own work, as a completion's routing is
+        job = await parts.embeddings.accept(body, request.scope["state"]["arrived"])
+        return await _answer(job, request)
 
 
 async def _answer(job: EmbeddingJob, request: Request) -> Response:

@@ -14,4 +14,5 @@ router = APIRouter()
 
 @router.post("/v1/route/explain")
 async def explain_route(body: BodyDep, parts: ComponentsDep, ctx: ContextDep) -> dict[str, Any]:
-    return await parts.service.explain(endpoint_of(body), body, ctx)
+    async with parts.admission.slot():  # the same work as a completion's routing, the embedding included
+        return await parts.service.explain(endpoint_of(body), body, ctx)

@@ -50,7 +50,7 @@ def route_explain(
     from gateway.accounting.ledger import Accounting
     from gateway.accounting.prices import PriceBook
     from gateway.accounting.usage import TokenCounter
-    from gateway.components import input_caps
+    from gateway.components import request_limits
     from gateway.dispatch.service import CompletionService, RequestContext
     from gateway.embeddings import Embedder, EmbedderError
     from gateway.errors import TurnoutError
@@ -77,7 +77,7 @@ def route_explain(
         try:
             table = await build_routing_table(settings, embedder)
             nothing_served = Accounting(Metrics(), PriceBook(settings.costs, []), TokenCounter(None))
-            service = CompletionService(table, {}, embedder, nothing_served, input_caps(settings))
+            service = CompletionService(table, {}, embedder, nothing_served, request_limits(settings))
             return await service.explain(endpoint_of(raw), raw, RequestContext(request_id, tenant, headers))
         finally:
             if embedder is not None:

@@ -317,6 +317,25 @@ class LimitsConfig(Section):
     max_input_chars: int = Field(
         524_288, ge=1, description="Most characters of text in all of one request's messages together."
     )
+    max_in_work: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Requests in the gateway's own work at once (parsing, routing, the query embedding); more wait.",
+    )
+    max_waiting: int = Field(
+        256, ge=0, le=1_000_000, description="Requests waiting for that work; one more gets 503 with retry-after."
+    )
+    max_wait_s: float = Field(
+        5.0, gt=0, le=600, description="Longest wait for that work; longer gets 503 with retry-after."
+    )
+    first_byte_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="Seconds from a completion request's arrival to its answer's first byte (routing, retrieval, "
+        "adapter loads, fallbacks, the upstream's first byte); later gets 504. A begun answer is never cut.",
+    )
 
 
 class EnvironmentSource(EnvSettingsSource):

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.accounting.ledger import SHUT_DOWN, Accounting
 from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
+from gateway.dispatch.deadlines import Deadlines
 from gateway.dispatch.delivery import Completion
 from gateway.dispatch.shaping import request_features
 from gateway.embeddings import Embedder
@@ -57,7 +58,15 @@ class _Serving:
 
     table: RoutingTable
     embedder: Embedder | None
-    caps: InputCaps
+    limits: RequestLimits
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one request may carry, and how long it may wait for its answer's first byte."""
+
+    input: InputCaps
+    first_byte_timeout_s: float
 
 
 class CompletionService:
@@ -72,9 +81,10 @@ class CompletionService:
         backends: Mapping[TargetKind, Backend],
         embedder: Embedder | None,
         accounting: Accounting,
-        caps: InputCaps,
+        limits: RequestLimits,
     ) -> None:
-        self._serving = _Serving(table, embedder, caps)
+        self._serving = _Serving(table, embedder, limits)
+        self.deadlines = Deadlines()
         self.backends = backends
         self.accounting = accounting
         self.metrics = accounting.metrics
@@ -87,17 +97,17 @@ class CompletionService:
     def embedder(self) -> Embedder | None:
         return self._serving.embedder
 
-    def swap(self, table: RoutingTable, embedder: Embedder | None, caps: InputCaps) -> None:
-        """Route requests that arrive from now on by ``table`` (built with ``embedder``) and check them against
-        ``caps``: a reload."""
-        self._serving = _Serving(table, embedder, caps)
+    def swap(self, table: RoutingTable, embedder: Embedder | None, limits: RequestLimits) -> None:
+        """Route requests that arrive from now on by ``table`` (built with ``embedder``) and hold them to
+        ``limits``: a reload."""
+        self._serving = _Serving(table, embedder, limits)
 
     async def features(
         self, endpoint: Endpoint, raw: bytes, ctx: RequestContext, serving: _Serving
     ) -> tuple[dict[str, Any], bool, RequestFeatures]:
         table, embedder = serving.table, serving.embedder
         data, request = parse_request(endpoint, raw)
-        check_input(data, serving.caps)
+        check_input(data, serving.limits.input)
         features = request_features(
             request, ctx.request_id, ctx.tenant, ctx.headers, conversation=table.needs_conversation(request.model)
         )
@@ -148,7 +158,15 @@ class CompletionService:
         ledger.routed(routed.features.model, routed.data, routed.stream)
         self.metrics.decision(routed.features.model, routed.decision.rule).inc()
         call = Call(endpoint, raw, routed.data, routed.features, ledger)
-        return Completion(endpoint, routed.stream, ledger, partial(self.open, call, routed, ctx))
+        deadline = self._serving.limits.first_byte_timeout_s
+        return Completion(endpoint, routed.stream, ledger, partial(self._open_in_time, call, routed, ctx, deadline))
+
+    async def _open_in_time(
+        self, call: Call, routed: Routed, ctx: RequestContext, timeout_s: float
+    ) -> tuple[Opened, dict[str, str]]:
+        """:meth:`open`, within ``timeout_s`` of the request's arrival (fallbacks, adapter loads and retrieval
+        included); an answer that has begun is never cut by it."""
+        return await self.deadlines.within(ctx.started + timeout_s, timeout_s, self.open(call, routed, ctx))
 
     async def open(self, call: Call, routed: Routed, ctx: RequestContext) -> tuple[Opened, dict[str, str]]:
         """Open the answer for the decision, following rules that pass the request on."""

@@ -4,9 +4,12 @@ is closed, and the gateway goes on serving. Raw sockets, since no HTTP client se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,18 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir: Path = tmp_path_factory.mktemp("edge")
     config: dict[str, Any] = {
         "server": {"log_level": "warning", **LIMITS},
-        "limits": {"max_messages": 50, "max_message_chars": 1000, "max_input_chars": 5000},
+        "limits": {
+            "max_messages": 50,
+            "max_message_chars": 1000,
+            "max_input_chars": 5000,
+            "max_in_work": 1,
+            "max_waiting": 2,
+            "max_wait_s": 30,
+        },
+        "intents": {"greeting": {"examples": ["hello there", "good morning"], "threshold": 0.5}},
+        "policies": {
+            "desk": {"rules": [{"name": "greet", "when": {"intent": "greeting"}, "target": "base"}], "default": "base"}
+        },
         # nothing listens there: these tests never reach an upstream
         "vllm": {"url": f"http://127.0.0.1:{localstack.free_port()}", "model": "edge-model"},
     }
@@ -184,3 +198,72 @@ def test_input_caps_hold_on_completions_and_explain(edge: GatewayProcess, path: 
         response = httpx.post(edge.url + path, json=body, timeout=PATIENCE_S)
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == code
+
+
+def test_past_its_work_slots_and_queue_the_gateway_refuses_at_once(edge: GatewayProcess) -> None:
+    """One request in work and two waiting (each routing embeds a new text), four clients at a time: what
+    finds the queue full is refused with 503 and retry-after instead of queueing, and every answer is one
+    or the other."""
+
+    async def burst() -> list[httpx.Response]:
+        pool = httpx.Limits(max_connections=4)  # within server.max_connections (6)
+        async with httpx.AsyncClient(timeout=PATIENCE_S, limits=pool) as client:
+            texts = [f"hello number {i}" for i in range(40)]
+            bodies = [{"model": "desk", "messages": [{"role": "user", "content": t}]} for t in texts]
+            return await asyncio.gather(*(client.post(edge.url + "/v1/route/explain", json=b) for b in bodies))
+
+    answers = asyncio.run(burst())
+    statuses = sorted({r.status_code for r in answers})
+    assert statuses == [200, 503], [r.text for r in answers if r.status_code not in (200, 503)]
+    for refused in (r for r in answers if r.status_code == 503):
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "overloaded"
+    assert httpx.post(edge.url + "/v1/route/explain", json=bodies_one()).status_code == 200  # and then serves
+
+
+def bodies_one() -> dict[str, Any]:
+    return {"model": "desk", "messages": [{"role": "user", "content": "good morning to you"}]}
+
+
+class _Stalling(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that lists its model and is healthy, but never answers a completion."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"object": "list", "data": [{"id": "silent-model", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.server.stalled.wait()  # type: ignore[attr-defined]  # until the test ends
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_no_first_byte_within_the_deadline_is_504(tmp_path: Path) -> None:
+    """An upstream that takes the request and never answers: the request's deadline for its first byte
+    (limits.first_byte_timeout_s) answers 504 long before the upstream's own read timeout would."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)
+    server.stalled = threading.Event()  # type: ignore[attr-defined]
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config: dict[str, Any] = {
+        "server": {"log_level": "warning"},
+        "vllm": {"url": f"http://127.0.0.1:{server.server_address[1]}", "model": "silent-model"},
+        "limits": {"first_byte_timeout_s": 1.0},
+    }
+    gateway = GatewayProcess(config, tmp_path, localstack.free_port()).start()
+    try:
+        body = {"model": "silent-model", "messages": [{"role": "user", "content": "hi"}]}
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=PATIENCE_S)
+    finally:
+        gateway.stop()
+        server.stalled.set()  # type: ignore[attr-defined]
+        server.shutdown()
+    assert answer.status_code == 504, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "first_byte_deadline_exceeded"
+    assert "limits.first_byte_timeout_s" in error["message"]

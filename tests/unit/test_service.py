@@ -17,7 +17,7 @@ import pytest
 from gateway.accounting.ledger import Accounting
 from gateway.dispatch.answers import StaticAnswer
 from gateway.dispatch.backend import Call, Opened, PassToNextRule
-from gateway.dispatch.service import CompletionService, RequestContext
+from gateway.dispatch.service import CompletionService, RequestContext, RequestLimits
 from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -39,7 +39,7 @@ DIRECT = {
     "terse": Target(TargetKind.ADAPTER, "terse"),
 }
 
-CAPS = InputCaps(max_messages=2048, max_message_chars=524_288, max_input_chars=524_288)
+CAPS = RequestLimits(InputCaps(max_messages=2048, max_message_chars=524_288, max_input_chars=524_288), 60.0)
 
 
 class Stub:
