@@ -46,6 +46,7 @@ from gateway.fleet.placement import Placement
 from gateway.metrics import Metrics
 from gateway.protocol.caps import InputCaps
 from gateway.routing_state import build_routing_table, openai_models, policies_use_intents, policies_use_openai
+from gateway.upstream.breaker import BreakerSettings
 from routing import RoutingTable, TargetKind
 
 if TYPE_CHECKING:  # the vector store client is imported only when retrieval is configured
@@ -105,6 +106,13 @@ class Components:
         self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
         self.reloads = 0
+
+    def circuits(self) -> dict[str, Any]:
+        """Every upstream's circuit: each OpenAI model called so far, and vLLM's (open while every replica is
+        ejected)."""
+        backend = self.service.backends.get(TargetKind.OPENAI)
+        openai = [b.describe() for b in backend.breakers.values()] if isinstance(backend, OpenAIBackend) else []
+        return {"openai": openai, "vllm": self.fleet.circuit()}
 
     async def aclose(self) -> None:
         self.service.deadlines.close()
@@ -248,7 +256,16 @@ async def build_components(
         evict=vllm.eviction == "gateway",
     )
     served = ServedAdapters(config.adapters, config.adapter_store)
-    fleet = Fleet(vllm, served.current, settings, session, metrics, resolver=resolver, placement=placement)
+    fleet = Fleet(
+        vllm,
+        served.current,
+        settings,
+        session,
+        metrics,
+        resolver=resolver,
+        placement=placement,
+        trial_every_s=config.breaker.open_s,
+    )
     stack.push_async_callback(fleet.aclose)  # its background tasks stop before the session closes
     await fleet.start()
     watcher = asyncio.create_task(watch_store(served, fleet), name="adapter-store-watch")
@@ -265,7 +282,9 @@ async def build_components(
         log.warning("costs.vllm.gpu_hour_usd is 0: requests served by vLLM are costed at $0")
     table = await build_routing_table(config, embedder)
     vllm_backend = VllmBackend(fleet)
-    openai_backend = OpenAIBackend(config.openai)
+    circuit = config.breaker
+    breakers = BreakerSettings(circuit.failures, circuit.error_rate, circuit.window, circuit.open_s)
+    openai_backend = OpenAIBackend(config.openai, breakers, metrics.circuit_changed)
     if policies_use_openai(config):
         # litellm takes seconds to import: at start-up, off the event loop, not on the first request
         await asyncio.to_thread(openai_backend.prepare)

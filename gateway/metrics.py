@@ -38,6 +38,9 @@ _LOAD_OUTCOMES = ("success", "failure", "no_capacity")
 ReplicaFigures = Callable[[], Iterable[tuple[str, int, bool]]]
 
 
+_CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}  # as gateway.upstream.breaker names them
+
+
 class _ReplicaGauges(Collector):
     """``turnout_replica_in_flight_requests`` and ``turnout_replica_healthy``, read from the fleet when scraped."""
 
@@ -252,6 +255,18 @@ class Metrics:
             registry=r,
         )
 
+        # Circuit breakers.
+        self.circuit_state = Gauge(
+            "turnout_circuit_state",
+            "Circuit of an upstream: 0 closed, 1 half-open (one trial request), 2 open (refused at once, "
+            "fallbacks used). upstream: openai:MODEL, or vllm while every replica is ejected.",
+            ["upstream"],
+            registry=r,
+        )
+        self.circuit_opened = Counter(
+            "turnout_circuit_opened", "Times an upstream's circuit opened.", ["upstream"], registry=r
+        )
+
         # vLLM replicas.
         self.replica_ejections = Counter(
             "turnout_replica_ejections",
@@ -269,6 +284,12 @@ class Metrics:
 
         self.build_info = Gauge("turnout_build_info", "The running Turnout version.", ["version"], registry=r)
         self.build_info.labels(_version()).set(1)
+
+    def circuit_changed(self, upstream: str, state: str) -> None:
+        """An upstream's circuit changed state (a breaker tells it)."""
+        self.circuit_state.labels(upstream).set(_CIRCUIT_STATES[state])
+        if state == "open":
+            self.circuit_opened.labels(upstream).inc()
 
     def declare(self, adapters: Iterable[str], collections: Iterable[str]) -> None:
         """Create the series of every configured adapter and collection at zero, so that ``rate()`` and

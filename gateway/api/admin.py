@@ -17,6 +17,12 @@ async def adapters(parts: ComponentsDep) -> dict[str, Any]:
     return parts.fleet.snapshot()
 
 
+@router.api_route("/circuits", methods=READ)
+async def circuits(parts: ComponentsDep) -> dict[str, Any]:
+    """Each upstream's circuit breaker: closed, half-open or open, recent failures, when it tries again."""
+    return parts.circuits()
+
+
 @router.post("/reload")
 async def reload(parts: ComponentsDep) -> dict[str, Any]:
     """Re-read the configuration file; a 400 envelope says what is wrong and nothing changes."""

@@ -338,6 +338,24 @@ class LimitsConfig(Section):
     )
 
 
+class BreakerConfig(Section):
+    """Circuit breakers: an OpenAI model that keeps failing is not sent requests for a while (its fallbacks
+    answer at once); vLLM replicas are ejected by the fleet's health checks instead (``vllm.health``)."""
+
+    failures: int = Field(5, ge=1, le=10_000, description="Failures in a row that open an upstream's circuit.")
+    error_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of failures among the last window outcomes that opens it too."
+    )
+    window: int = Field(20, ge=2, le=10_000, description="Outcomes the error rate is taken over.")
+    open_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an open circuit refuses at once before one trial request; also how often one "
+        "request may try vLLM while every replica is ejected.",
+    )
+
+
 class EnvironmentSource(EnvSettingsSource):
     """``TURNOUT_*`` variables, where a value that is not the JSON its key takes stays the string it is.
 
@@ -370,6 +388,7 @@ class TurnoutConfig(BaseSettings):
     )
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
     openai: OpenAIConfig = Field(

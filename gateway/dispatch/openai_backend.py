@@ -25,9 +25,10 @@ from gateway.config.model import OpenAIConfig
 from gateway.dispatch.answers import StaticAnswer
 from gateway.dispatch.backend import Answer, Call, Opened
 from gateway.dispatch.shaping import shape_data
-from gateway.errors import TurnoutError, UnsupportedEndpoint, UpstreamError
+from gateway.errors import TurnoutError, UnsupportedEndpoint, UpstreamError, UpstreamUnavailable
 from gateway.failures import Boundary, translate
 from gateway.protocol import responses, sse
+from gateway.upstream.breaker import Breaker, BreakerSettings
 from routing import Target
 
 _NOT_FORWARDED = {"model", "messages", "prompt", "stream", "metadata", "user"}
@@ -106,9 +107,25 @@ def _response_event(chunk: Any) -> bytes:
 
 
 class OpenAIBackend:
-    def __init__(self, config: OpenAIConfig) -> None:
+    def __init__(
+        self,
+        config: OpenAIConfig,
+        breaker: BreakerSettings | None = None,
+        on_circuit_change: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.config = config
         self._lib: Any = None
+        self._breaker_settings = breaker
+        self._on_circuit_change = on_circuit_change
+        self.breakers: dict[str, Breaker] = {}  # by model, made on its first request
+
+    def _breaker(self, model: str) -> Breaker | None:
+        if self._breaker_settings is None:
+            return None
+        found = self.breakers.get(model)
+        if found is None:
+            found = self.breakers[model] = Breaker(f"openai:{model}", self._breaker_settings, self._on_circuit_change)
+        return found
 
     def prepare(self) -> None:
         """Import litellm now (blocking: call it in a thread) rather than on the first request."""
@@ -141,6 +158,32 @@ class OpenAIBackend:
         return os.environ.get("OPENAI_API_KEY", "")
 
     async def open(self, target: Target, call: Call) -> Opened:
+        """Open the answer of ``target`` (an OpenAI model), unless its circuit is open: then refuse at once,
+        so that the rule's fallbacks take the request."""
+        breaker = self._breaker(target.name)
+        if breaker is None:
+            return await self._open(target, call)
+        if not breaker.allow():
+            raise UpstreamUnavailable(
+                f"OpenAI model {target.name!r} keeps failing: its circuit is open for another "
+                f"{breaker.retry_in_s():.1f} s (breaker.*; last: {breaker.last_error})",
+                code="circuit_open",
+            )
+        try:
+            opened = await self._open(target, call)
+        except UpstreamError as exc:
+            if exc.falls_back:  # the upstream's failure, not a refusal of this request
+                breaker.failed(exc.message)
+            else:
+                breaker.succeeded()
+            raise
+        except BaseException:
+            breaker.abandoned()
+            raise
+        breaker.succeeded()
+        return opened
+
+    async def _open(self, target: Target, call: Call) -> Opened:
         if call.endpoint == "responses":
             return await self._open_responses(target, call)
         litellm = self._litellm()

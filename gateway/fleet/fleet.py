@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
@@ -70,8 +71,12 @@ class Fleet:
         *,
         resolver: Resolver | None = None,
         placement: Placement | None = None,
+        trial_every_s: float = 10.0,
     ) -> None:
         self.config = config
+        self._trial_every_s = trial_every_s
+        self._next_trial = 0.0  # while every replica is ejected: when one request may try again
+        self._circuit = "closed"
         self.metrics = metrics
         self._adapters = dict(adapters)
         self._settings = settings
@@ -139,12 +144,15 @@ class Fleet:
         (its manager then raises the failure it recorded)."""
         single = self._single
         if single is not None:
-            return None if tried else single
+            return None if tried or not (single.available or self._trial_due()) else single
         skipped = set(tried)
         candidates = [r for r in self._replicas if r.available and r not in skipped]
         if not candidates:
-            # Nothing healthy: every replica still in the set is worth a try (a request is a probe too).
-            candidates = [r for r in self._replicas if not r.draining and r not in skipped]
+            # Nothing healthy: the circuit is open. One request in every trial_every_s tries them all (a
+            # request is a probe too); the others fail at once, so their fallbacks answer without waiting.
+            if tried or not self._trial_due():
+                return None
+            candidates = [r for r in self._replicas if not r.draining]
             if not candidates:
                 return None
         spec = self._adapters.get(adapter) if adapter is not None else None
@@ -157,11 +165,44 @@ class Fleet:
         return choice.replica
 
     def none_left(self, adapter: str | None) -> TurnoutError:
-        """Why no replica can be tried (discovery found none, or every one was tried)."""
+        """Why no replica can be tried (discovery found none, every one was tried, or every one is ejected
+        and this request is not the one that tries again)."""
         where = self.config.describe()
         if not self._replicas:
             return UpstreamUnavailable(f"no vLLM replica is known: none found at {where}")
+        if not any(r.available for r in self._replicas):
+            wait = max(0.0, self._next_trial - time.monotonic())
+            return UpstreamUnavailable(
+                f"every vLLM replica is ejected after failures ({where}); one request tries again in "
+                f"{wait:.1f} s (breaker.open_s)",
+                code="circuit_open",
+            )
         return UpstreamUnavailable(f"no vLLM replica could take the request ({where})")
+
+    def circuit(self) -> dict[str, object]:
+        """vLLM's circuit for ``/admin/circuits``."""
+        open_ = self._replicas and not any(r.available for r in self._replicas)
+        return {
+            "upstream": "vllm",
+            "state": "open" if open_ else "closed",
+            "replicas_in_rotation": sum(r.available for r in self._replicas),
+            "replicas": len(self._replicas),
+            "next_trial_in_s": round(max(0.0, self._next_trial - time.monotonic()), 3) if open_ else 0.0,
+        }
+
+    def _trial_due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_trial:
+            return False
+        self._next_trial = now + self._trial_every_s
+        return True
+
+    def _circuit_check(self) -> None:
+        """Tell the metrics when no replica is left in rotation (the circuit opens) and when one returns."""
+        state = "closed" if any(r.available for r in self._replicas) else "open"
+        if state != self._circuit:
+            self._circuit = state
+            self.metrics.circuit_changed("vllm", state)
 
     def answered(self, replica: Replica) -> None:
         """The replica took a request: its failures in a row are over (and, if it was ejected, it is back)."""
@@ -342,10 +383,12 @@ class Fleet:
             log.warning(
                 "replica %s ejected after %d consecutive failures (last: %s)", replica.name, replica.failures, reason
             )
+            self._circuit_check()
 
     def _returned(self, replica: Replica, why: str) -> None:
         replica.healthy = True
         replica.failures = 0
+        self._circuit_check()
         log.warning("replica %s is back (%s): re-reading its adapters", replica.name, why)
         self._background(self._resync(replica), f"fleet-resync-{replica.name}")
 

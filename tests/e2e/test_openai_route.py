@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import httpx
 import localstack
 import openai
 import pytest
@@ -17,6 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.config import ConfigError, load_config
 from tests.support.gateway import GatewayProcess
+from tests.support.recorder import RecordingProxy
 from tests.support.stack import FINE_TUNE, gateway_config
 
 PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name three colours."}]
@@ -133,6 +135,38 @@ def test_a_fallback_rescues_a_request_whose_first_target_is_down(
     assert caught.value.status_code == 503
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["code"] == "upstream_unavailable"
+
+
+def test_a_failing_openai_model_opens_its_circuit_and_its_fallback_answers_at_once(
+    vllm: Any, assets: Path, tmp_path: Path, start_gateway: Any
+) -> None:
+    """OpenAI answers 500 (a proxy in front of nothing): after two failures the circuit opens, and the next
+    requests go to the fallback without reaching OpenAI at all; /admin/circuits and the metrics say so."""
+    failing = RecordingProxy(f"http://127.0.0.1:{localstack.free_port()}")
+    failing.start()
+    try:
+        config = _config(vllm.url, assets, failing.url + "/v1", tmp_path)
+        config["breaker"] = {"failures": 2, "open_s": 600}
+        gateway = start_gateway(config)
+        client = _client(gateway)
+        for _ in range(5):
+            raw = client.chat.completions.with_raw_response.create(model="rescued", messages=PROMPT, max_tokens=4)
+            assert raw.headers["x-turnout-route"] == "adapter:terse"
+        sent = [call for call in failing.calls if call.method == "POST"]
+        assert len(sent) == 2  # the third to fifth requests never reached the failing upstream
+        circuits = httpx.get(gateway.url + "/admin/circuits").json()
+        assert [(c["upstream"], c["state"]) for c in circuits["openai"]] == [(f"openai:{FINE_TUNE}", "open")]
+        assert circuits["vllm"]["state"] == "closed"
+        with pytest.raises(openai.APIStatusError) as caught:  # no fallback: refused at once, and why
+            client.chat.completions.create(model="hosted", messages=PROMPT, max_tokens=4)
+        assert caught.value.status_code == 503
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["code"] == "circuit_open"
+        metrics = httpx.get(gateway.url + "/metrics").text
+        assert f'turnout_circuit_state{{upstream="openai:{FINE_TUNE}"}} 2.0' in metrics
+        assert f'turnout_circuit_opened_total{{upstream="openai:{FINE_TUNE}"}} 1.0' in metrics
+    finally:
+        failing.stop()
 
 
 def test_the_fine_tune_is_the_fallback_of_last_resort(

@@ -60,3 +60,25 @@ def test_vllm_restart_is_healed_transparently(vllm: Any, gateway: GatewayProcess
     assert again.choices[0].message.content == first.choices[0].message.content
     assert "pirate" in loaded_adapters(vllm.url)
     assert client.chat.completions.create(model=BASE, messages=PROMPT, max_tokens=2).choices
+
+
+def test_with_every_replica_ejected_requests_fail_at_once_but_one(assets: Path, start_gateway: Any) -> None:
+    """vLLM down: the requests that find it ejected are refused at once (circuit_open), not each sent to
+    wait on the same failure; one request per breaker.open_s tries it again."""
+    nobody = f"http://127.0.0.1:{localstack.free_port()}"
+    config = gateway_config(nobody, assets)
+    config["vllm"]["health"] = {"eject_after": 1}
+    config["breaker"] = {"open_s": 600}
+    gateway = start_gateway(config)
+    codes = []
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError) as caught:
+            _client(gateway).chat.completions.create(model=BASE, messages=PROMPT, max_tokens=2)
+        assert isinstance(caught.value.body, dict)
+        codes.append(caught.value.body["code"])
+    assert codes[-1] == "circuit_open"
+    assert codes.count("upstream_unavailable") <= 1  # the one trial (none when probes ejected it first)
+    circuit = httpx.get(gateway.url + "/admin/circuits").json()["vllm"]
+    assert circuit["state"] == "open"
+    assert circuit["replicas_in_rotation"] == 0
+    assert 0 < circuit["next_trial_in_s"] <= 600

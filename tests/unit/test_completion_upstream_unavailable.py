@@ -35,8 +35,12 @@ FALLBACK_TO_BASE = {"default": "adapter:formal", "fallbacks": ["base"]}
 
 @pytest.fixture(scope="module")
 async def down(adapter_dir: Path) -> AsyncIterator[Gateway]:
-    """A gateway whose upstream address has nothing listening."""
-    config = gateway_config(nowhere(), adapter_dir, ["formal"], policies={"chain": FALLBACK_TO_BASE})
+    """A gateway whose upstream address has nothing listening. Every request tries it (a trial as often as
+    the breaker allows: always), so each one meets the failure itself; the circuit's refusals are tested
+    end to end."""
+    config = gateway_config(
+        nowhere(), adapter_dir, ["formal"], policies={"chain": FALLBACK_TO_BASE}, breaker={"open_s": 1e-6}
+    )
     async with serve_gateway(config) as served:
         yield served
 
