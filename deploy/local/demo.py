@@ -10,8 +10,11 @@ prints requests to try (the README's Quickstart examples), and keeps both runnin
 SIGTERM. With ``--fleet`` it starts two vLLM replicas instead (8000 and 8001, both at once) and serves
 ``examples/fleet.yaml`` (one gateway in front of both, an adapter pinned on every replica), with
 requests to try that show which replica answered.
-If a server dies, the others are stopped and the demo exits non-zero with
-the end of the dead server's log. Logs are in ``.turnout/logs/``.
+If vLLM dies, the demo starts it again, as Kubernetes would restart its pod, while the gateway keeps
+serving (refusals with 503 ``circuit_open``, or a policy's fallbacks) and heals once vLLM is back: kill it
+to see that (the banner says how). If the gateway dies, or vLLM cannot be started again, or every
+replica of ``--fleet`` is gone, the others are stopped and the demo exits non-zero with the end of the
+dead server's log. Logs are in ``.turnout/logs/``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -66,7 +70,13 @@ def _banner() -> str:
         if example.language == "python":  # pasteable in the same shell
             code = f"python - <<'PY'\n{code}\nPY"
         parts += [code, ""]
-    parts.append(f"Logs: {LOG_DIR}. Ctrl-C stops both servers.")
+    parts += [
+        "# kill vLLM to see the gateway heal: the demo starts it again (as Kubernetes would), requests",
+        "# meanwhile get 503 circuit_open at once, and the adapters come back without a gateway restart",
+        f"kill -- -$(cat {LOG_DIR / f'vllm-{VLLM_PORT}.pid'})",
+        "",
+        f"Logs: {LOG_DIR}. Ctrl-C stops both servers.",
+    ]
     return "\n".join(parts)
 
 
@@ -120,6 +130,28 @@ def _vllm(python: Path, assets: Path, port: int, log: str) -> VllmServer:
     )
 
 
+def _remember_pid(server: VllmServer) -> None:
+    (LOG_DIR / f"vllm-{server.port}.pid").write_text(f"{server.pid}\n")
+
+
+def restart_if_gone(server: VllmServer, say: Callable[[str], None]) -> bool:
+    """Start vLLM again if it exited (as Kubernetes restarts a pod), and wait until it is ready: True if it
+    was restarted. Raises (and so ends the demo) when it cannot be started again."""
+    if server.is_running():
+        return False
+    say(
+        f"vLLM on {server.url} exited (last log lines below); starting it again, as Kubernetes would. The "
+        "gateway keeps answering meanwhile: 503 circuit_open, or a policy's fallbacks\n" + log_tail(server.log_path)
+    )
+    server.stop()  # reap it
+    server.start()
+    _remember_pid(server)
+    waited = server.wait_ready(timeout=300.0)
+    say(f"vLLM on {server.url} is back after {waited:.0f} s: the gateway sees it on its next probe and loads")
+    say("adapters again on their first request (or at once, for pinned ones)")
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the local demo stack.")
     parser.add_argument("--fleet", action="store_true", help="two vLLM replicas behind the gateway (fleet.yaml)")
@@ -144,8 +176,7 @@ def main() -> int:
         for server in servers:  # all at once: each takes about a minute, mostly imports
             _say(f"starting vLLM on {server.url} (about a minute; log {server.log_path})")
             server.start()
-            if fleet:  # the process group to stop one replica by hand (see the banner)
-                (LOG_DIR / f"vllm-{server.port}.pid").write_text(f"{server.pid}\n")
+            _remember_pid(server)  # the process group to stop a server by hand (see the banner)
         for server in servers:
             waited = server.wait_ready(timeout=300.0)
             _say(f"vLLM on {server.url} ready after {waited:.0f} s")
@@ -192,9 +223,8 @@ def main() -> int:
                 raise LocalStackError(
                     f"the gateway exited with code {gateway.returncode}; last log lines:\n{log_tail(gateway_log)}"
                 )
-            for server in servers:
-                if not fleet and not server.is_running():
-                    raise LocalStackError(f"vLLM exited; last log lines:\n{log_tail(server.log_path)}")
+            if not fleet:
+                restart_if_gone(servers[0], _say)
             if fleet and not any(server.is_running() for server in servers):
                 raise LocalStackError("every vLLM replica exited; see " + ", ".join(str(s.log_path) for s in servers))
             time.sleep(0.5)
