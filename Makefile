@@ -26,12 +26,13 @@ embedder: install
 	$(BIN)/python -m gateway.embeddings
 
 # promtool and prometheus (Debian's `prometheus` package) check the alert rules and dashboard queries and
-# run a real Prometheus in tests; installed only when missing, with sudo only when not already root.
+# run a real Prometheus in tests; redis-server (Debian's package) backs the shared quotas' tests. Installed
+# only when missing, with sudo only when not already root.
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus redis-server; }
 
 vllm-env:
 	bash deploy/local/vllm-env.sh >/dev/null

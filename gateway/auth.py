@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from gateway.config.model import AuthConfig
+from gateway.config.model import AuthConfig, QuotaConfig
 from gateway.errors import PermissionDenied, Unauthenticated
 
 
@@ -21,6 +21,8 @@ from gateway.errors import PermissionDenied, Unauthenticated
 class Identity:
     tenant: str | None
     admin: bool
+    key_id: str | None = None  # the key's digest, shortened: how quotas and logs name it, never the key
+    quota: QuotaConfig | None = None  # what the key may use
 
     def require_admin(self) -> None:
         if not self.admin:
@@ -32,7 +34,9 @@ ANONYMOUS = Identity(tenant=None, admin=True)  # an open gateway has no one to r
 
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
-        self._keys = {key.digest(): Identity(key.tenant, key.admin) for key in config.keys}
+        self._keys = {
+            key.digest(): Identity(key.tenant, key.admin, key.digest()[:12], key.quota) for key in config.keys
+        }
 
     def identify(self, authorization: str | None) -> Identity:
         if not self._keys:

@@ -27,6 +27,7 @@ import aiohttp
 
 from gateway.accounting.ledger import Accounting
 from gateway.accounting.prices import PriceBook
+from gateway.accounting.quotas import Quotas
 from gateway.accounting.usage import TokenCounter
 from gateway.adapters.manager import ManagerSettings
 from gateway.adapters.served import ServedAdapters
@@ -103,6 +104,7 @@ class Components:
         self.embeddings.use(service.embedder, config.serves_embeddings)
         self.auth = Authenticator(config.auth)
         self.admission = Admission(admission_limits(config))
+        self.quotas = Quotas(config.limits, metrics)
         self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
         self.reloads = 0
@@ -116,6 +118,7 @@ class Components:
 
     async def aclose(self) -> None:
         self.service.deadlines.close()
+        await self.quotas.aclose()
         if self.store is not None:
             await self.store.close()
         if self.service.embedder is not None:
@@ -171,6 +174,7 @@ class Components:
         self.service.accounting.use_prices(prices)
         self.service.swap(table, embedder, request_limits(new))
         self.admission.use(admission_limits(new))
+        self.quotas.use(new.limits)
         self.embeddings.use(embedder, new.serves_embeddings)
         self.config = new
         self.reloads += 1

@@ -25,6 +25,8 @@ while the client sees a clear, bounded message and never a traceback.
     +-- MethodNotAllowed              405 invalid_request_error
     +-- CapacityExhausted             503 service_unavailable    (every adapter slot busy)
     +-- Overloaded                    503 service_unavailable    (the gateway's own work is full: retry-after)
+    +-- QuotaExceeded                 429 requests|tokens|insufficient_quota  (a key's or tenant's quota: retry-after)
+    +-- QuotaStoreUnavailable         503 service_unavailable    (Redis unreachable, limits.on_store_error: closed)
     +-- DeadlineExceeded              504 deadline_exceeded      (no first byte within limits.first_byte_timeout_s)
     +-- RetrievalUnavailable          503 service_unavailable    (vector store or embedder failed)
     +-- CollectionNotFound            404 invalid_request_error
@@ -238,6 +240,31 @@ class Overloaded(TurnoutError):
         twin = super().for_another_request()
         twin.headers = dict(self.headers)
         return twin
+
+
+class QuotaExceeded(TurnoutError):
+    """A key or tenant used what its quota allows: 429 with ``retry-after`` (when the window or period that
+    is full ends), typed as OpenAI types its own (``requests``, ``tokens``; ``insufficient_quota`` for money)."""
+
+    status = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, retry_after_s: int) -> None:
+        super().__init__(message, code="insufficient_quota" if kind == "insufficient_quota" else None)
+        self.error_type = kind  # type: ignore[misc]  # per instance: requests, tokens or insufficient_quota
+        self.headers["retry-after"] = str(max(1, retry_after_s))
+
+    def for_another_request(self) -> TurnoutError:
+        twin = super().for_another_request()
+        twin.headers = dict(self.headers)
+        return twin
+
+
+class QuotaStoreUnavailable(TurnoutError):
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "quota_store_unavailable"
 
 
 class DeadlineExceeded(TurnoutError):

@@ -255,6 +255,15 @@ class Metrics:
             registry=r,
         )
 
+        # Quotas.
+        self.quota_store_errors = Counter(
+            "turnout_quota_store_errors",
+            "Quota checks or counts the store (limits.store) could not answer; when: open (served unmetered), "
+            "closed (refused with 503) or charge (a finished request not counted).",
+            ["when"],
+            registry=r,
+        )
+
         # Circuit breakers.
         self.circuit_state = Gauge(
             "turnout_circuit_state",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -150,6 +151,7 @@ class Ledger:
         "_wants_usage",
         "accounts",
         "endpoint",
+        "on_finish",
         "prices",
         "started",
     )
@@ -180,6 +182,7 @@ class Ledger:
         self._cost: float | None = None
         self._parts = (0.0, 0.0, 0.0)  # the cost's generation, embedding and search dollars, once settled
         self._done = False
+        self.on_finish: Callable[[int, float], None] | None = None  # told (tokens, dollars) when it ends
 
     # --- what happened to the request, in the order it happens ---------------------------------------
 
@@ -393,6 +396,8 @@ class Ledger:
             series.completion_tokens.inc(usage.completion)
             if usage.estimated:
                 series.estimated.inc()
+        if self.on_finish is not None:
+            self.on_finish(usage.prompt + usage.completion if usage is not None else 0, cost)
         if cost:  # each increment takes a lock: none for what is zero
             generation, embedding, search = self._parts
             if generation:

@@ -21,6 +21,8 @@ and exception handlers call.
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -56,8 +58,14 @@ class CompletionEndpoint:
         who = pipeline.identify(components, headers.get("authorization"))
         body = await pipeline.read_body(components, receive, headers.get("content-length"))
         ctx = pipeline.context(scope, who, headers)
+        quotas = components.quotas
+        charges = quotas.charges(who.key_id, who.quota, who.tenant)
+        if charges:  # a key or tenant with a quota: checked now, counted when the request ends
+            await quotas.admit(charges)
         async with components.admission.slot():  # the gateway's own work: parse, route, embed
             completion = await components.service.complete(self.endpoint, body, ctx)
+        if charges:
+            completion.ledger.on_finish = partial(quotas.charge, charges)
         await respond(completion, scope, receive, send)
 
 

@@ -36,6 +36,15 @@ def _http_url(value: str) -> str:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
+def _redis_url(value: str) -> str:
+    if not re.match(r"^rediss?://[^\s/]+", value):
+        raise ValueError(f"{value!r} is not a Redis URL such as redis://127.0.0.1:6379/0")
+    return value
+
+
+RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+
+
 def _collection_name(value: str) -> str:
     # Qdrant names forbid ':' and '/', and "__" separates the parts of a partition's name.
     if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})", value):

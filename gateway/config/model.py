@@ -21,7 +21,15 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.config import references
-from gateway.config.fields import MODEL_NAME, PACKAGED_EMBEDDER, CollectionName, HttpUrl, ModelName, Section
+from gateway.config.fields import (
+    MODEL_NAME,
+    PACKAGED_EMBEDDER,
+    CollectionName,
+    HttpUrl,
+    ModelName,
+    RedisUrl,
+    Section,
+)
 from gateway.config.serving import (
     AdapterConfig,
     AdapterStoreConfig,
@@ -160,6 +168,17 @@ class EmbeddingsConfig(Section):
         return self.model if self.model == PACKAGED_EMBEDDER else Path(self.model).name
 
 
+class QuotaConfig(Section):
+    """What one API key, or one tenant's keys together, may use; each bound unset: no bound."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests in any 60 s (a sliding window).")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt and completion tokens in the current minute (UTC), counted when answered."
+    )
+    usd_per_day: float | None = Field(None, gt=0, description="US dollars in the current day (UTC), as metered.")
+    usd_per_month: float | None = Field(None, gt=0, description="US dollars in the current month (UTC), as metered.")
+
+
 class ApiKeyConfig(Section):
     key: SecretStr | None = Field(
         None, description="The key itself (prefer key_sha256, or set it from the environment)."
@@ -167,6 +186,7 @@ class ApiKeyConfig(Section):
     key_sha256: str | None = Field(None, description="SHA-256 (hex) of the key, so the file holds no secret.")
     tenant: ModelName | None = Field(None, description="The tenant this key acts for (policies, RAG partitions).")
     admin: bool = Field(False, description="May call /admin and manage every tenant's documents.")
+    quota: QuotaConfig | None = Field(None, description="What this key may use (429 beyond it).")
 
     @model_validator(mode="after")
     def _one_key(self) -> Self:
@@ -329,6 +349,19 @@ class LimitsConfig(Section):
     max_wait_s: float = Field(
         5.0, gt=0, le=600, description="Longest wait for that work; longer gets 503 with retry-after."
     )
+    tenants: dict[ModelName, QuotaConfig] = Field(
+        default_factory=dict, description="What each tenant's keys may use together (429 beyond it)."
+    )
+    store: RedisUrl | None = Field(
+        None,
+        description="Where quota counters live: unset, in this gateway's memory; a redis:// URL, in Redis, shared "
+        "by every gateway that names it.",
+    )
+    on_store_error: Literal["open", "closed"] = Field(
+        "open",
+        description="When the quota store cannot be reached: open (serve, unmetered) or closed (503); counted in "
+        "turnout_quota_store_errors_total.",
+    )
     first_byte_timeout_s: float = Field(
         120.0,
         gt=0,
@@ -421,6 +454,7 @@ class TurnoutConfig(BaseSettings):
         found = references.problems(self.declared())
         found += self._pinned_problems()
         found += self._store_problems()
+        found += self._quota_problems()
         if self.serves_embeddings:
             found += self._embedding_name_problems()
         if found:
@@ -468,6 +502,15 @@ class TurnoutConfig(BaseSettings):
             "adapter_store.path"
             for name, spec in self.adapters.items()
             if spec.store is not None
+        ]
+
+    def _quota_problems(self) -> list[str]:
+        """A tenant's quota for a tenant no key acts for would never apply: a typo, said at start."""
+        tenants = {key.tenant for key in self.auth.keys if key.tenant is not None}
+        return [
+            f"{references.key_path(('limits', 'tenants', name))}: no key in auth.keys acts for tenant {name!r}"
+            for name in self.limits.tenants
+            if name not in tenants
         ]
 
     def _embedding_name_problems(self) -> list[str]:

@@ -106,11 +106,12 @@ def test_rendered_config_without_the_fleet_keys_loads_with_the_pods_environment(
     for name, (variable, sample) in SECRETS.items():
         assert env[variable]["valueFrom"]["secretKeyRef"]["name"] == f"s-{name}"
         monkeypatch.setenv(variable, sample)
-    monkeypatch.setenv("TURNOUT_REDIS_URL", env["TURNOUT_REDIS_URL"]["value"])
+    monkeypatch.setenv("TURNOUT_LIMITS__STORE", env["TURNOUT_LIMITS__STORE"]["value"])
 
     config = load_config(write(without_fleet_keys(rendered.gateway_config()), tmp_path))
 
     assert [(key.tenant, key.key and key.key.get_secret_value()) for key in config.auth.keys] == [("acme", "k-acme")]
+    assert config.limits.store == "redis://cache:6379/0"  # the quotas' Redis, from the chart's redis.url
     assert config.openai.api_key is not None
     assert config.openai.api_key.get_secret_value() == "sk-sample"
     assert config.vllm.api_key is not None

@@ -55,26 +55,26 @@ def test_qdrant_in_the_release_or_external() -> None:
 
 def test_redis_address_reaches_the_gateway_only_when_set() -> None:
     def redis_env(values: dict[str, Any]) -> dict[str, Any] | None:
-        return env_of(container(gateway_pod(render(values)), "gateway")).get("TURNOUT_REDIS_URL")
+        return env_of(container(gateway_pod(render(values)), "gateway")).get("TURNOUT_LIMITS__STORE")
 
     assert redis_env({}) is None
     in_release = render({"redis": {"enabled": True}})
     service = in_release.one("Service", f"{RELEASE}-redis")
     assert in_release.one("Deployment", f"{RELEASE}-redis")
     assert redis_env({"redis": {"enabled": True}}) == {
-        "name": "TURNOUT_REDIS_URL",
+        "name": "TURNOUT_LIMITS__STORE",
         "value": f"redis://{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:6379/0",
     }
     external = render({"redis": {"url": "redis://cache.internal:6380/1"}}).one("NetworkPolicy", GATEWAY)
     assert {"ports": [{"port": 6380, "protocol": "TCP"}]} in external["spec"]["egress"]
     assert redis_env({"redis": {"url": "redis://cache.internal:6379/1"}}) == {
-        "name": "TURNOUT_REDIS_URL",
+        "name": "TURNOUT_LIMITS__STORE",
         "value": "redis://cache.internal:6379/1",
     }
     by_secret = redis_env({"redis": {"existingSecret": "redis-url"}})
     assert by_secret is not None
     assert by_secret["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
-    assert "does not use it yet" in in_release.notes
+    assert "TURNOUT_LIMITS__STORE" in in_release.notes
 
 
 # ---------------------------------------------------------------- monitoring
