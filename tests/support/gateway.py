@@ -48,6 +48,7 @@ class GatewayProcess:
                         return self
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)  # polling for start-up, not a timing assertion
+        self.stop()  # never left running behind a failed start
         raise RuntimeError(f"gateway did not answer /health in {timeout} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
