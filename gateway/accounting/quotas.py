@@ -80,6 +80,8 @@ class Quotas:
 
     def charges(self, key_id: str | None, key_quota: QuotaConfig | None, tenant: str | None) -> list[Charge]:
         """The quotas a caller is held to (none for most gateways: no cost on the hot path)."""
+        if key_quota is None and not self._tenants:
+            return []
         found = []
         if key_quota is not None and key_id is not None:
             found.append(Charge("key", key_id, key_quota))

@@ -62,8 +62,13 @@ class CompletionEndpoint:
         charges = quotas.charges(who.key_id, who.quota, who.tenant)
         if charges:  # a key or tenant with a quota: checked now, counted when the request ends
             await quotas.admit(charges)
-        async with components.admission.slot():  # the gateway's own work: parse, route, embed
+        admission = components.admission  # the gateway's own work (parse, route, embed): a slot held for it
+        if not admission.enter_now():  # (not ``async with``: two coroutines a request, measured at 0.4 µs)
+            await admission.enter()
+        try:
             completion = await components.service.complete(self.endpoint, body, ctx)
+        finally:
+            admission.leave()
         if charges:
             completion.ledger.on_finish = partial(quotas.charge, charges)
         await respond(completion, scope, receive, send)

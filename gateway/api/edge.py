@@ -101,7 +101,6 @@ class EdgeProtocol(HttpToolsProtocol):
         self._edge = edge
         self._limits = edge.limits
         self._head_bytes = 0  # bytes received while waiting for the current request's head to end
-        self._header_count = 0
         self._in_head = True  # from the connection's start, or the last request's end, to a head's end
         self._refusal: ProtocolRefused | None = None
         self._ended = 0  # requests whose bytes ended on this connection
@@ -109,6 +108,10 @@ class EdgeProtocol(HttpToolsProtocol):
         self._start = b""  # the current head's first bytes, to tell an unknown method from bytes that are not HTTP
         self.deadline: float | None = None  # when the head or body awaited must be in (the loop's clock)
         self._awaiting = "headers"
+        # Read on every request, so kept at hand (the hot path's callbacks below set deadlines inline):
+        self._clock = self.loop.time
+        self._header_s = self._limits.header_timeout_s
+        self._body_s = self._limits.body_timeout_s
 
     # The connection.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -161,9 +164,8 @@ class EdgeProtocol(HttpToolsProtocol):
     # Parser callbacks.
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_count = 0
         if self.deadline is None:  # a request on a kept-alive connection: its head's time starts now
-            self._arm(self._limits.header_timeout_s, "headers")
+            self.deadline, self._awaiting = self._clock() + self._header_s, "headers"
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -173,21 +175,18 @@ class EdgeProtocol(HttpToolsProtocol):
             )
             raise _Stop
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_headers:
+    def on_headers_complete(self) -> None:
+        # Header lines are counted here, not as each arrives (a call per header on every request): until the
+        # head ends, the byte cap bounds them.
+        if len(self.headers) > self._limits.max_headers:
             self._refusal = self._headers_too_large()
             raise _Stop
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm()
+        self.deadline, self._awaiting = self._clock() + self._body_s, "body"
         super().on_headers_complete()
-        self._arm(self._limits.body_timeout_s, "body")
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self.deadline = None
         self._in_head, self._head_bytes = True, 0  # what comes next is the next request's head
         self._ended += 1
         super().on_message_complete()

@@ -45,22 +45,33 @@ class Admission:
         self.limits = limits
         self._hand_over()
 
-    def slot(self) -> Admission:
-        """``async with admission.slot():`` holds one slot of the gateway's own work for the block;
-        :class:`Overloaded` if none frees in time or the queue is full. (A class with ``__aenter__`` rather
-        than ``asynccontextmanager``: that one's generator costs every request about 2 µs.)"""
-        return self
-
-    async def __aenter__(self) -> None:
+    def enter_now(self) -> bool:
+        """Take a slot if one is free and nobody waits (no await: the usual case); False otherwise."""
         if self.in_work < self.limits.max_in_work and not self._waiting:
-            self.in_work += 1  # the usual case: nothing awaited, nothing allocated
-        else:
+            self.in_work += 1
+            return True
+        return False
+
+    async def enter(self) -> None:
+        """Take a slot, waiting for one in turn; :class:`Overloaded` if none frees in time or the queue is
+        full. Every slot taken is given back with :meth:`leave`."""
+        if not self.enter_now():
             await self._wait()
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    def leave(self) -> None:
         self.in_work -= 1
         if self._waiting:
             self._hand_over()
+
+    def slot(self) -> Admission:
+        """``async with admission.slot():`` holds one slot for the block (:meth:`enter` and :meth:`leave`)."""
+        return self
+
+    async def __aenter__(self) -> None:
+        await self.enter()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.leave()
 
     async def _wait(self) -> None:
         limits = self.limits

@@ -35,23 +35,38 @@ class Deadlines:
     async def within(self, deadline: float, timeout_s: float, work: Awaitable[T]) -> T:
         """``work``'s result, or :class:`DeadlineExceeded` once ``time.perf_counter()`` passes ``deadline``
         (``timeout_s`` after the request arrived: for the message)."""
+        task = self.enter(deadline)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            self.expired(task, timeout_s)
+            raise
+        finally:
+            self._open.pop(task, None)
+
+    def enter(self, deadline: float) -> asyncio.Task[object]:
+        """Hold the current task to ``deadline`` until it leaves (``_open.pop``), in the caller's own frame: a
+        wrapping coroutine would cost the hot path one more frame per request."""
         task = asyncio.current_task()
         assert task is not None
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="first-byte-deadlines")
         self._open[task] = deadline
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if task not in self._expired:
-                raise  # the client left, or the server stops
-            self._expired.discard(task)
-            task.uncancel()
-            raise DeadlineExceeded(
-                f"No answer began within {timeout_s:g} s of the request's arrival (limits.first_byte_timeout_s)"
-            ) from None
-        finally:
-            self._open.pop(task, None)
+        return task
+
+    def leave(self, task: asyncio.Task[object]) -> None:
+        self._open.pop(task, None)
+
+    def expired(self, task: asyncio.Task[object], timeout_s: float) -> None:
+        """Called with a cancellation in hand: :class:`DeadlineExceeded` if it was the deadline's (the task
+        is then no longer cancelled), else nothing (the caller re-raises it)."""
+        if task not in self._expired:
+            return
+        self._expired.discard(task)
+        task.uncancel()
+        raise DeadlineExceeded(
+            f"No answer began within {timeout_s:g} s of the request's arrival (limits.first_byte_timeout_s)"
+        ) from None
 
     async def _sweep(self) -> None:
         while True:

@@ -11,6 +11,7 @@ or buffered HTTP response is the HTTP layer's job alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -107,7 +108,7 @@ class CompletionService:
     ) -> tuple[dict[str, Any], bool, RequestFeatures]:
         table, embedder = serving.table, serving.embedder
         data, request = parse_request(endpoint, raw)
-        check_input(data, serving.limits.input)
+        check_input(data, serving.limits.input, len(raw))
         features = request_features(
             request, ctx.request_id, ctx.tenant, ctx.headers, conversation=table.needs_conversation(request.model)
         )
@@ -166,7 +167,15 @@ class CompletionService:
     ) -> tuple[Opened, dict[str, str]]:
         """:meth:`open`, within ``timeout_s`` of the request's arrival (fallbacks, adapter loads and retrieval
         included); an answer that has begun is never cut by it."""
-        return await self.deadlines.within(ctx.started + timeout_s, timeout_s, self.open(call, routed, ctx))
+        deadlines = self.deadlines
+        task = deadlines.enter(ctx.started + timeout_s)
+        try:
+            return await self.open(call, routed, ctx)
+        except asyncio.CancelledError:
+            deadlines.expired(task, timeout_s)
+            raise
+        finally:
+            deadlines.leave(task)
 
     async def open(self, call: Call, routed: Routed, ctx: RequestContext) -> tuple[Opened, dict[str, str]]:
         """Open the answer for the decision, following rules that pass the request on."""

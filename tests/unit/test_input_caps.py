@@ -79,3 +79,12 @@ def test_a_deeply_nested_message_is_counted_without_recursion() -> None:
     for _ in range(100_000):
         nested = [nested]
     assert refusal({"messages": [{"role": "user", "content": nested}]}).code == "message_too_long"
+
+
+def test_a_body_shorter_than_the_caps_is_not_walked_but_its_messages_are_counted() -> None:
+    long = {"messages": [user("a" * 50)]}
+    check_input(long, CAPS, body_bytes=10)  # told the body is short: trusted (a body holds every character)
+    assert refusal(long).code == "message_too_long"  # not told: walked
+    with pytest.raises(InvalidRequest) as caught:
+        check_input({"messages": [user("a")] * 4}, CAPS, body_bytes=10)
+    assert caught.value.code == "too_many_messages"
