@@ -267,3 +267,53 @@ def test_no_first_byte_within_the_deadline_is_504(tmp_path: Path) -> None:
     error = answer.json()["error"]
     assert error["code"] == "first_byte_deadline_exceeded"
     assert "limits.first_byte_timeout_s" in error["message"]
+
+
+def _rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_header_bombs_do_not_grow_the_gateway(edge: GatewayProcess) -> None:
+    """Four connections each trying to send 12 MB of one header (what grew an unbounded gateway by ~200 MB):
+    each is refused once it passes the cap (what it still sends is dropped, then it is closed), and the
+    process stays within a few MB of where it was."""
+    assert edge.process is not None
+    before = _rss_kb(edge.process.pid)
+    bombs = [_connect(edge) for _ in range(4)]
+    for conn in bombs:
+        conn.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-bomb: ")
+    for conn in bombs:
+        try:
+            for _ in range(12 * 16):  # 12 MB in 64 KB writes, until the gateway stops reading
+                conn.sendall(b"a" * 65536)
+        except OSError:
+            pass  # refused and closed: the rest is not read
+    grown_mb = (_rss_kb(edge.process.pid) - before) / 1024
+    for conn in bombs:
+        conn.close()
+    assert grown_mb < 16, f"the gateway grew by {grown_mb:.0f} MB"
+    _still_serving(edge)
+
+
+def test_hundreds_of_slow_connections_do_not_stop_a_normal_client(tmp_path: Path) -> None:
+    """500 connections sending their headers slowly (well within the default connection cap), and a normal
+    client is served at once beside them."""
+    config: dict[str, Any] = {
+        "server": {"log_level": "warning", "header_timeout_s": 60},
+        "vllm": {"url": f"http://127.0.0.1:{localstack.free_port()}", "model": "edge-model"},
+    }
+    gateway = GatewayProcess(config, tmp_path, localstack.free_port()).start()
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(500):
+            conn = _connect(gateway)
+            conn.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")  # and then nothing
+            slow.append(conn)
+        answer = httpx.get(gateway.url + "/v1/models", timeout=PATIENCE_S)
+        assert answer.status_code == 200
+        assert answer.json()["data"][0]["id"] == "edge-model"
+    finally:
+        for conn in slow:
+            conn.close()
+        gateway.stop()
