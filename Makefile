@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install tools bench-tools vllm-env assets demo demo-fleet test lint typecheck unit e2e bench bench-overhead \
-	bench-paths bench-fleet chart-files embedder clean
+	bench-paths bench-fleet bench-soak chart-files embedder clean
 
 install: $(STAMP)
 
@@ -106,6 +106,11 @@ bench: install assets bench-tools
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/rag.py
 	$(BIN)/python bench/adapter_load.py
+	$(BIN)/python bench/soak.py
+
+# One gateway at 300 requests/s for a minute: errors, memory growth, open files (about 80 s).
+bench-soak: install
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .turnout .mypy_cache .pytest_cache .ruff_cache
