@@ -269,6 +269,8 @@ async def build_components(
         resolver=resolver,
         placement=placement,
         trial_every_s=config.breaker.open_s,
+        error_rate=config.breaker.error_rate,
+        window=config.breaker.window,
     )
     stack.push_async_callback(fleet.aclose)  # its background tasks stop before the session closes
     await fleet.start()

@@ -373,11 +373,14 @@ class LimitsConfig(Section):
 
 class BreakerConfig(Section):
     """Circuit breakers: an OpenAI model that keeps failing is not sent requests for a while (its fallbacks
-    answer at once); vLLM replicas are ejected by the fleet's health checks instead (``vllm.health``)."""
+    answer at once); a vLLM replica failing at this error rate is ejected (as by ``vllm.health``)."""
 
     failures: int = Field(5, ge=1, le=10_000, description="Failures in a row that open an upstream's circuit.")
     error_rate: float = Field(
-        0.5, gt=0, le=1, description="Share of failures among the last window outcomes that opens it too."
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of failures among the last window outcomes that opens it too (and ejects a vLLM replica).",
     )
     window: int = Field(20, ge=2, le=10_000, description="Outcomes the error rate is taken over.")
     open_s: float = Field(

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
@@ -72,9 +73,12 @@ class Fleet:
         resolver: Resolver | None = None,
         placement: Placement | None = None,
         trial_every_s: float = 10.0,
+        error_rate: float = 0.5,
+        window: int = 20,
     ) -> None:
         self.config = config
         self._trial_every_s = trial_every_s
+        self._error_rate, self._window = error_rate, window  # a replica failing this often is ejected too
         self._next_trial = 0.0  # while every replica is ejected: when one request may try again
         self._circuit = "closed"
         self.metrics = metrics
@@ -208,6 +212,7 @@ class Fleet:
         """The replica took a request: its failures in a row are over (and, if it was ejected, it is back)."""
         if replica.failures:
             replica.failures = 0
+        replica.outcomes.append(False)
         if not replica.healthy:
             self._returned(replica, "it answered a request")
 
@@ -216,6 +221,7 @@ class Fleet:
         whether another replica may take the request (this one is down, silent or overloaded, or could not
         load the adapter: a failure marked for this replica alone)."""
         if replica_at_fault(exc):
+            replica.outcomes.append(True)
             self._count_failure(replica, exc.message)
         if worth_another_replica(exc):
             return True
@@ -303,7 +309,7 @@ class Fleet:
         manager = AdapterManager(
             upstream, self._adapters, self._settings, self.metrics, replica=name, keep=self._keeper(name)
         )
-        replica = Replica(url, name, upstream, manager, drained=self._drop)
+        replica = Replica(url, name, upstream, manager, drained=self._drop, outcomes=deque(maxlen=self._window))
         self.metrics.declare_replica(name, self._adapters)
         self._replicas.append(replica)
         return replica
@@ -374,20 +380,30 @@ class Fleet:
     # -- health -----------------------------------------------------------------------------------
 
     def _count_failure(self, replica: Replica, reason: str) -> None:
+        """A probe or a request failed at the replica's fault: eject it after ``health.eject_after`` in a row,
+        or when ``breaker.error_rate`` of its last ``breaker.window`` requests (half a window at least) failed."""
         replica.failures += 1
         replica.last_error = reason
-        if replica.healthy and replica.failures >= self.config.health.eject_after:
+        if not replica.healthy:
+            return
+        recent = replica.outcomes
+        failing = len(recent) >= max(1, self._window // 2) and sum(recent) >= self._error_rate * len(recent)
+        if replica.failures >= self.config.health.eject_after or failing:
+            why = (
+                f"{replica.failures} consecutive failures"
+                if replica.failures >= self.config.health.eject_after
+                else f"{sum(recent)} of its last {len(recent)} requests failed"
+            )
             replica.healthy = False
             replica.ejections += 1
             self.metrics.replica_ejections.labels(replica.name).inc()
-            log.warning(
-                "replica %s ejected after %d consecutive failures (last: %s)", replica.name, replica.failures, reason
-            )
+            log.warning("replica %s ejected after %s (last: %s)", replica.name, why, reason)
             self._circuit_check()
 
     def _returned(self, replica: Replica, why: str) -> None:
         replica.healthy = True
         replica.failures = 0
+        replica.outcomes.clear()
         self._circuit_check()
         log.warning("replica %s is back (%s): re-reading its adapters", replica.name, why)
         self._background(self._resync(replica), f"fleet-resync-{replica.name}")

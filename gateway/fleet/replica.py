@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.adapters.manager import AdapterManager
 from gateway.upstream.client import Upstream
@@ -28,6 +29,7 @@ class Replica:
     ejections: int = 0
     in_flight: int = 0  # requests this gateway has open on it (streams until their last byte)
     last_error: str = ""
+    outcomes: deque[bool] = field(default_factory=deque)  # its last requests: True failed (a window, see Fleet)
     drained: Callable[[Replica], None] | None = None  # called when a draining replica's last request ends
 
     def hold(self) -> None:
