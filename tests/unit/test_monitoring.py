@@ -45,6 +45,7 @@ EXPECTED_ALERTS = {
     "TurnoutNoHealthyReplica",
     "TurnoutReplicaEjections",
     "TurnoutDiscoveryFailing",
+    "TurnoutCircuitOpen",
 }
 
 # What Grafana substitutes before sending a query: durations where PromQL needs a duration, and a
