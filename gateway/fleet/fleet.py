@@ -152,11 +152,12 @@ class Fleet:
         skipped = set(tried)
         candidates = [r for r in self._replicas if r.available and r not in skipped]
         if not candidates:
-            # Nothing healthy: the circuit is open. One request in every trial_every_s tries them all (a
-            # request is a probe too); the others fail at once, so their fallbacks answer without waiting.
-            if tried or not self._trial_due():
+            # Nothing healthy: the circuit is open. One new request in every trial_every_s tries them all (a
+            # request is a probe too); other new ones fail at once, so their fallbacks answer without waiting.
+            # A request already under way (``tried``) goes on trying the rest, as it would have.
+            if not skipped and not self._trial_due():
                 return None
-            candidates = [r for r in self._replicas if not r.draining]
+            candidates = [r for r in self._replicas if not r.draining and r not in skipped]
             if not candidates:
                 return None
         spec = self._adapters.get(adapter) if adapter is not None else None
