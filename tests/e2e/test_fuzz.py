@@ -85,12 +85,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
             }
         },
     }
-    process = GatewayProcess(config, workdir, localstack.free_port()).start()
+    process = GatewayProcess(config, workdir, localstack.free_port())
     try:
-        yield process
+        yield process.start()
     finally:
         process.stop()
-        upstream.terminate()
+        upstream.terminate()  # also when the gateway did not start
         upstream.wait(10)
 
 
