@@ -62,22 +62,31 @@ class TurnoutError(Exception):
     falls_back: ClassVar[bool] = False  # may the next fallback target be tried instead?
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
+        self.retry_after_s = retry_after_s  # the error's own: sent as retry-after, kept by its twins
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         if status is not None:
             self.status = status
         self.headers: dict[str, str] = {}  # extra response headers, such as the route it was sent on
+        if retry_after_s is not None:
+            self.headers["retry-after"] = str(retry_after_s)
         self.counted = False  # already counted in the error metrics (by the request's ledger)
 
     def for_another_request(self) -> TurnoutError:
         """The same error, as a new instance for another request that shares its cause (a load several
         requests waited on): its own headers, counted on its own."""
         twin = copy.copy(self)
-        twin.headers = {}
+        twin.headers = {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
         twin.counted = False
         return twin
 
@@ -233,13 +242,7 @@ class Overloaded(TurnoutError):
     default_code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.headers["retry-after"] = str(retry_after_s)
-
-    def for_another_request(self) -> TurnoutError:
-        twin = super().for_another_request()
-        twin.headers = dict(self.headers)
-        return twin
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class QuotaExceeded(TurnoutError):
@@ -251,14 +254,9 @@ class QuotaExceeded(TurnoutError):
     default_code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, kind: str, retry_after_s: int) -> None:
-        super().__init__(message, code="insufficient_quota" if kind == "insufficient_quota" else None)
+        code = "insufficient_quota" if kind == "insufficient_quota" else None
+        super().__init__(message, code=code, retry_after_s=max(1, retry_after_s))
         self.error_type = kind  # type: ignore[misc]  # per instance: requests, tokens or insufficient_quota
-        self.headers["retry-after"] = str(max(1, retry_after_s))
-
-    def for_another_request(self) -> TurnoutError:
-        twin = super().for_another_request()
-        twin.headers = dict(self.headers)
-        return twin
 
 
 class QuotaStoreUnavailable(TurnoutError):

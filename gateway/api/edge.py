@@ -122,8 +122,8 @@ class EdgeProtocol(HttpToolsProtocol):
             refusal = ConnectionsExhausted(
                 f"The gateway has {self._limits.max_connections} connections open (server.max_connections); "
                 "retry shortly",
+                retry_after_s=RETRY_AFTER_S,
             )
-            refusal.add_headers({"retry-after": str(RETRY_AFTER_S)})
             self._refuse(refusal)
             return
         self._arm(self._limits.header_timeout_s, "headers")
