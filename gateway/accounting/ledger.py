@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,7 @@ from gateway.accounting.usage import TokenCounter
 from gateway.errors import ClientLeft, TurnoutError
 from gateway.metrics import NO_POLICY, NO_ROUTE, Metrics
 from gateway.protocol.requests import CHARS_PER_TOKEN, Endpoint, asks_usage
-from gateway.protocol.usage import Usage, generated_texts
+from gateway.protocol.usage import Usage, generated_texts, prompt_texts
 from routing import Target, TargetKind
 
 log = logging.getLogger("turnout.accounting")
@@ -319,6 +319,27 @@ class Ledger:
 
     def overhead_s(self) -> float:
         return max(0.0, time.perf_counter() - self.started - self._upstream_s - self._excluded_s)
+
+    def most_it_may_use(self, targets: Sequence[Target], answer_tokens: int) -> tuple[int, float]:
+        """Tokens and dollars this routed request may use, as far as can be told before it runs: its prompt
+        (4 characters a token) and its answer (``max_tokens``, else ``answer_tokens``; times ``n``) at the
+        dearest of ``targets``' prices, with retrieval's embedding and search. Retrieved context is not
+        known yet: the hold is settled by what the request really used."""
+        texts, framing = prompt_texts(self.endpoint, self._data)
+        prompt = sum(len(text) for text in texts) // CHARS_PER_TOKEN + framing
+        data = self._data
+        asked = data.get("max_completion_tokens") or data.get("max_tokens") or data.get("max_output_tokens")
+        answer = asked if isinstance(asked, int) and asked > 0 else answer_tokens
+        choices = data.get("n")
+        if isinstance(choices, int) and choices > 1:
+            answer *= choices
+        prices, dearest = self.prices, 0.0
+        for target in targets:
+            cost = prices.generation(target.name if target.kind is TargetKind.OPENAI else None, prompt, answer)
+            if target.kind is TargetKind.RAG:
+                cost += prompt * prices.embedding_per_token + prices.search_per_query
+            dearest = max(dearest, cost)
+        return prompt + answer, dearest
 
     # --- how it ends ----------------------------------------------------------------------------------
 

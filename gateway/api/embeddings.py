@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.accounting.ledger import CLIENT_LEFT, SHUT_DOWN
+from gateway.accounting.quotas import Charge, Hold, Quotas
 from gateway.api.deps import BodyDep, ComponentsDep, IdentityDep
 from gateway.api.responses import until_done_or_disconnect
 from gateway.dispatch.embeddings import EmbeddingAnswer, EmbeddingJob
@@ -24,10 +25,35 @@ router = APIRouter()
 
 
 @router.post(PATH)
-async def create_embeddings(request: Request, body: BodyDep, parts: ComponentsDep, _: IdentityDep) -> Response:
+async def create_embeddings(request: Request, body: BodyDep, parts: ComponentsDep, who: IdentityDep) -> Response:
+    quotas = parts.quotas
+    charges = quotas.charges(who.key_id, who.quota, who.tenant)
+    admitted = await quotas.admit(charges) if charges else {}  # requests per minute, and nothing used up
     async with parts.admission.slot():  # embedding is the gateway's own work, as a completion's routing is
         job = await parts.embeddings.accept(body, request.scope["state"]["arrived"])
-        return await _answer(job, request)
+        if not charges:
+            return await _answer(job, request)
+        hold = await _hold(quotas, charges, job, admitted)
+        try:
+            response = await _answer(job, request)
+        except TurnoutError as exc:
+            exc.add_headers(admitted | hold.headers)
+            raise
+        finally:
+            quotas.settle(hold, *job.used)
+        response.headers.update(admitted | hold.headers)
+        return response
+
+
+async def _hold(quotas: Quotas, charges: list[Charge], job: EmbeddingJob, admitted: dict[str, str]) -> Hold:
+    """Hold the texts' tokens (counted already) and their price against the caller's quotas."""
+    tokens, dollars = job.most_it_may_use
+    try:
+        return await quotas.hold(charges, tokens, dollars)
+    except TurnoutError as exc:
+        exc.add_headers(admitted)
+        job.fail(exc)
+        raise
 
 
 async def _answer(job: EmbeddingJob, request: Request) -> Response:

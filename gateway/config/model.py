@@ -175,8 +175,12 @@ class QuotaConfig(Section):
     tokens_per_minute: int | None = Field(
         None, ge=1, description="Prompt and completion tokens in the current minute (UTC), counted when answered."
     )
-    usd_per_day: float | None = Field(None, gt=0, description="US dollars in the current day (UTC), as metered.")
-    usd_per_month: float | None = Field(None, gt=0, description="US dollars in the current month (UTC), as metered.")
+    usd_per_day: float | None = Field(
+        None, gt=0, description="US dollars in the current day (UTC), as metered (held when routed)."
+    )
+    usd_per_month: float | None = Field(
+        None, gt=0, description="US dollars in the current month (UTC), as metered (held when routed)."
+    )
 
 
 class ApiKeyConfig(Section):
@@ -356,6 +360,13 @@ class LimitsConfig(Section):
         None,
         description="Where quota counters live: unset, in this gateway's memory; a redis:// URL, in Redis, shared "
         "by every gateway that names it.",
+    )
+    reserve_output_tokens: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Answer tokens a request that sets no max_tokens holds against token and dollar quotas until "
+        "its real usage is known.",
     )
     on_store_error: Literal["open", "closed"] = Field(
         "open",

@@ -21,6 +21,7 @@ from gateway.errors import TurnoutError
 from gateway.protocol import responses, sse
 from gateway.protocol.requests import Endpoint
 from gateway.protocol.usage import usage_of_body
+from routing import Target
 
 Opener = Callable[[], Awaitable[tuple[Opened, dict[str, str]]]]
 
@@ -28,13 +29,17 @@ Opener = Callable[[], Awaitable[tuple[Opened, dict[str, str]]]]
 class Completion:
     """A routed completion request whose answer is not open yet."""
 
-    __slots__ = ("_opener", "endpoint", "ledger", "stream")
+    __slots__ = ("_opener", "endpoint", "headers", "ledger", "stream", "targets")
 
-    def __init__(self, endpoint: Endpoint, stream: bool, ledger: Ledger, opener: Opener) -> None:
+    def __init__(
+        self, endpoint: Endpoint, stream: bool, ledger: Ledger, opener: Opener, targets: tuple[Target, ...] = ()
+    ) -> None:
         self.endpoint = endpoint
         self.stream = stream
         self.ledger = ledger
         self._opener = opener
+        self.targets = targets  # the decision's chain: the targets the answer may come from
+        self.headers: dict[str, str] | None = None  # added to the answer's (the quotas' rate-limit headers)
 
     async def open(self) -> Delivery:
         """Open the answer, falling back as the decision says. A failure is recorded in the ledger (with
@@ -42,8 +47,12 @@ class Completion:
         try:
             opened, headers = await self._opener()
         except TurnoutError as exc:
+            if self.headers:
+                exc.add_headers(self.headers)
             self.ledger.fail(exc)
             raise
+        if self.headers:
+            headers.update(self.headers)
         return Delivery(opened, headers, self.ledger, self.stream)
 
 

@@ -204,6 +204,13 @@ class EmbeddingJob:
         self.tokens = tokens
         self._record = record
         self._cost = 0.0
+        self.used = (0, 0.0)  # tokens and dollars, once answered
+
+    @property
+    def most_it_may_use(self) -> tuple[int, float]:
+        """The texts' tokens (counted on acceptance) and what embedding them costs."""
+        total = sum(self.tokens)
+        return total, total * self._service.accounting.prices.embedding_per_token
 
     async def run(self) -> EmbeddingAnswer:
         """Embed the texts, batch by batch, and write the answer (:class:`RetrievalUnavailable` if the model
@@ -240,7 +247,8 @@ class EmbeddingJob:
     def finish(self, status: int) -> None:
         """Record the request: its status, duration and, answered, its tokens and dollars."""
         if status == 200:
-            self._record.finish(status, sum(self.tokens), self._cost)
+            self.used = (sum(self.tokens), self._cost)
+            self._record.finish(status, *self.used)
         else:
             self._record.finish(status)
 

@@ -160,7 +160,8 @@ class CompletionService:
         self.metrics.decision(routed.features.model, routed.decision.rule).inc()
         call = Call(endpoint, raw, routed.data, routed.features, ledger)
         deadline = self._serving.limits.first_byte_timeout_s
-        return Completion(endpoint, routed.stream, ledger, partial(self._open_in_time, call, routed, ctx, deadline))
+        opener = partial(self._open_in_time, call, routed, ctx, deadline)
+        return Completion(endpoint, routed.stream, ledger, opener, routed.decision.chain)
 
     async def _open_in_time(
         self, call: Call, routed: Routed, ctx: RequestContext, timeout_s: float

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.config.fields import PACKAGED_EMBEDDER
 from tests.support.gateway import GatewayProcess
 from tests.support.redis_server import RedisServer
 from tests.support.stack import BASE, gateway_config
@@ -62,20 +64,114 @@ def test_two_gateways_enforce_one_limit_through_redis(
     _ask(second, KEY_B)  # the same tenant's other key has no per-key limit, and acme's budget is far off
 
 
+# One request of the tests below: ten prompt tokens given as ids and exactly two generated (min_tokens), so
+# that what a request holds when routed is what it then uses: the figures do not depend on when holds settle.
+IDS_PROMPT, ANSWER = [31, 32, 33, 34, 35, 36, 37, 38, 39, 40], 2
+# A GPU at $3,600 an hour reading 1,000 tokens a second and writing 100: 10/1000 + 2/100 = $0.03 a request.
+DEAR = {"vllm": {"gpu_hour_usd": 3600, "prompt_tokens_per_second": 1000, "completion_tokens_per_second": 100}}
+
+
+async def _burst(gateways: tuple[GatewayProcess, ...], key: str, count: int) -> list[Any]:
+    """``count`` requests at once, spread over ``gateways``: each one's response, or the error it raised."""
+
+    async def one(gateway: GatewayProcess) -> Any:
+        client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=120)
+        try:
+            return await client.completions.with_raw_response.create(
+                model=BASE, prompt=IDS_PROMPT, max_tokens=ANSWER, extra_body={"min_tokens": ANSWER}
+            )
+        except openai.APIStatusError as exc:
+            return exc
+        finally:
+            await client.close()
+
+    return await asyncio.gather(*(one(gateways[i % len(gateways)]) for i in range(count)))
+
+
+@pytest.mark.parametrize(
+    ("quota", "kind"), [({"usd_per_day": 0.075}, "insufficient_quota"), ({"tokens_per_minute": 30}, "tokens")]
+)
+def test_concurrent_requests_on_two_gateways_stop_exactly_at_the_figure(
+    vllm: Any, assets: Path, redis: RedisServer, start_gateway: Any, quota: dict[str, Any], kind: str
+) -> None:
+    tenant = "initech" if kind == "tokens" else "hooli"
+    config = _config(vllm.url, assets, redis.url, tenant, tenants={tenant: quota})
+    config["costs"] = DEAR
+    first, second = start_gateway(config), start_gateway(config)
+    answers = asyncio.run(_burst((first, second), KEY_B, 8))
+    served = [a for a in answers if not isinstance(a, openai.APIStatusError)]
+    refused = [a for a in answers if isinstance(a, openai.APIStatusError)]
+    # $0.03 (or 12 tokens) a request against $0.075 (or 30 tokens): the third crosses the figure, none follows
+    assert len(served) == 3, [(a.status_code, a.message[:200]) for a in refused]
+    for answer in served:
+        completion = answer.parse()
+        assert completion.usage.prompt_tokens == len(IDS_PROMPT)
+        assert completion.usage.completion_tokens == ANSWER
+        if kind == "insufficient_quota":
+            assert float(answer.headers["x-turnout-cost-usd"]) == pytest.approx(0.03)
+    for refusal in refused:
+        assert refusal.status_code == 429
+        assert isinstance(refusal.body, dict)
+        assert refusal.body["type"] == kind
+        assert f"tenant {tenant}" in refusal.body["message"]
+        assert int(refusal.response.headers["retry-after"]) >= 1
+
+
+def test_answers_carry_openais_rate_limit_headers(
+    vllm: Any, assets: Path, redis: RedisServer, start_gateway: Any
+) -> None:
+    config = _config(vllm.url, assets, redis.url, "umbrella")
+    config["auth"]["keys"][0]["quota"] = {"requests_per_minute": 5, "tokens_per_minute": 1000}
+    gateway = start_gateway(config)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY_A, max_retries=0, timeout=120)
+    raw = client.completions.with_raw_response.create(
+        model=BASE, prompt=IDS_PROMPT, max_tokens=ANSWER, extra_body={"min_tokens": ANSWER}
+    )
+    headers = raw.headers
+    assert headers["x-ratelimit-limit-requests"] == "5"
+    assert headers["x-ratelimit-remaining-requests"] == "4"
+    assert headers["x-ratelimit-limit-tokens"] == "1000"
+    assert headers["x-ratelimit-remaining-tokens"] == str(1000 - len(IDS_PROMPT) - ANSWER)  # what it held
+    assert headers["x-ratelimit-reset-tokens"].endswith("s")
+    streamed = client.chat.completions.with_raw_response.create(model=BASE, messages=PROMPT, max_tokens=2, stream=True)
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "3"
+    assert "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices) is not None
+
+
+def test_embeddings_are_held_to_the_same_quotas(assets: Path, redis: RedisServer, start_gateway: Any) -> None:
+    nowhere = f"http://127.0.0.1:{localstack.free_port()}"  # nothing here generates
+    config = _config(nowhere, assets, redis.url, "soylent")
+    config["auth"]["keys"][0]["quota"] = {"requests_per_minute": 2}
+    config["auth"]["keys"][1]["quota"] = {"tokens_per_minute": 1}
+    config["embeddings"] = {"model": PACKAGED_EMBEDDER, "serve": True}
+    gateway = start_gateway(config)
+    by_requests = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY_A, max_retries=0, timeout=120)
+    first = by_requests.embeddings.with_raw_response.create(model=PACKAGED_EMBEDDER, input="hello there")
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    by_requests.embeddings.create(model=PACKAGED_EMBEDDER, input="hello there")
+    with pytest.raises(openai.RateLimitError) as refused:
+        by_requests.embeddings.create(model=PACKAGED_EMBEDDER, input="hello there")
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["type"] == "requests"
+    by_tokens = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY_B, max_retries=0, timeout=120)
+    answered = by_tokens.embeddings.create(model=PACKAGED_EMBEDDER, input="hello there")  # 0 of 1 used before it
+    assert answered.usage.prompt_tokens > 1
+    with pytest.raises(openai.RateLimitError) as spent:
+        by_tokens.embeddings.create(model=PACKAGED_EMBEDDER, input="hello there")
+    assert isinstance(spent.value.body, dict)
+    assert spent.value.body["type"] == "tokens"
+    assert f"used {answered.usage.prompt_tokens}" in spent.value.body["message"]
+
+
 def test_a_tenants_dollar_budget_stops_spending_on_every_gateway(
     vllm: Any, assets: Path, redis: RedisServer, start_gateway: Any
 ) -> None:
     config = _config(vllm.url, assets, redis.url, "globex", tenants={"globex": {"usd_per_day": 0.0000001}})
     first, second = start_gateway(config), start_gateway(config)
     _ask(first, KEY_B)  # under the budget when it starts: it finishes, and its cost is counted
-    refusal = None
-    for _ in range(20):  # the count is written as the first request ends: a few more may start before it lands
-        try:
-            _ask(second, KEY_B)
-        except openai.RateLimitError as exc:
-            refusal = exc
-            break
-    assert refusal is not None, "the budget never stopped the requests"
+    with pytest.raises(openai.RateLimitError) as refused:  # it cost more than the whole budget: none follows
+        _ask(second, KEY_B)
+    refusal = refused.value
     assert isinstance(refusal.body, dict)
     assert refusal.body["code"] == "insufficient_quota"
     assert "tenant globex" in refusal.body["message"]

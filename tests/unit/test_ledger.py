@@ -267,3 +267,17 @@ def test_a_long_stream_keeps_a_bounded_start_and_scales_the_estimate(accounting:
     ledger.settle(None)
     assert ledger.usage is not None
     assert ledger.usage.completion == pytest.approx(4000 * 64, rel=0.01)
+
+
+def test_what_a_routed_request_may_use_is_priced_at_its_dearest_target(accounting: Accounting) -> None:
+    data = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50, "n": 2}
+    ledger = routed_ledger(accounting, BASE, data=data, opened=False)
+    prompt = 400 // 4 + 4 + 3  # four characters a token, and the chat framing
+    tokens, cost = ledger.most_it_may_use([BASE, GPT], answer_tokens=1024)
+    assert tokens == prompt + 100  # max_tokens for each of n answers
+    gpt = (prompt * 0.15 + 100 * 0.6) * 1e-6
+    assert cost == pytest.approx(max(gpt, vllm_cost(prompt, 100)), rel=1e-12)
+    _, rag = ledger.most_it_may_use([RAG], answer_tokens=1024)
+    assert rag == pytest.approx(vllm_cost(prompt, 100) + prompt * EMBEDDING_PER_1M * 1e-6 + SEARCH_PER_QUERY)
+    unbounded = routed_ledger(accounting, BASE, data=CHAT_DATA, opened=False)
+    assert unbounded.most_it_may_use([BASE], answer_tokens=1024)[0] == 8 // 4 + 7 + 1024  # no max_tokens

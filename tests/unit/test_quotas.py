@@ -35,8 +35,10 @@ async def test_nobody_with_a_quota_costs_nothing() -> None:
 async def test_requests_per_minute_refused_with_retry_after() -> None:
     q = quotas([NOON])
     charges = q.charges("key1", QuotaConfig(requests_per_minute=2), None)
-    await q.admit(charges)
-    await q.admit(charges)
+    first = await q.admit(charges)
+    assert first["x-ratelimit-limit-requests"] == "2"
+    assert first["x-ratelimit-remaining-requests"] == "1"
+    assert (await q.admit(charges))["x-ratelimit-remaining-requests"] == "0"
     with pytest.raises(QuotaExceeded) as refused:
         await q.admit(charges)
     error = refused.value
@@ -44,22 +46,36 @@ async def test_requests_per_minute_refused_with_retry_after() -> None:
     assert "requests per minute" in error.message
     assert "key key1" in error.message
     assert 1 <= int(error.headers["retry-after"]) <= 60
+    assert error.headers["x-ratelimit-remaining-requests"] == "0"
+    assert error.headers["x-ratelimit-reset-requests"].endswith("s")
     await q.admit(q.charges("key2", QuotaConfig(requests_per_minute=2), None))  # another key: its own count
 
 
-async def test_tokens_per_minute_count_when_answered_and_reset_next_minute() -> None:
+async def test_tokens_per_minute_held_when_routed_settled_when_answered_and_reset_next_minute() -> None:
     clock = [NOON + 10]
     q = quotas(clock)
     charges = q.charges("key1", QuotaConfig(tokens_per_minute=100), None)
     await q.admit(charges)
-    q.charge(charges, 120, 0.0)  # the answer used more than the minute allows: counted all the same
-    await settled(q)
-    with pytest.raises(QuotaExceeded) as refused:
-        await q.admit(charges)
+    first = await q.hold(charges, 60, 0.0)
+    assert first.headers == {
+        "x-ratelimit-limit-tokens": "100",
+        "x-ratelimit-remaining-tokens": "40",
+        "x-ratelimit-reset-tokens": "50s",
+    }
+    second = await q.hold(charges, 60, 0.0)  # 60 held of 100 before it: it may start
+    with pytest.raises(QuotaExceeded) as refused:  # 120 held: none may start
+        await q.hold(charges, 1, 0.0)
     assert refused.value.error_type == "tokens"
     assert refused.value.headers["retry-after"] == "50"  # the minute ends in 50 s
+    assert (await q.used(charges[0]))["tokens_this_minute"] == 120  # the refused request's hold was taken back
+    q.settle(first, 10, 0.0)  # the answers used less than they held: the rest is given back
+    q.settle(second, 15, 0.0)
+    await settled(q)
+    assert (await q.used(charges[0]))["tokens_this_minute"] == 25
+    await q.hold(charges, 500, 0.0)  # 25 used before it: it starts, however much it may use
     clock[0] += 50
     await q.admit(charges)
+    assert (await q.hold(charges, 1, 0.0)).headers["x-ratelimit-remaining-tokens"] == "99"  # a new minute
 
 
 async def test_a_daily_budget_stops_new_requests_once_spent() -> None:
@@ -67,10 +83,10 @@ async def test_a_daily_budget_stops_new_requests_once_spent() -> None:
     q = quotas(clock)
     charges = q.charges("key1", QuotaConfig(usd_per_day=0.01, usd_per_month=1.0), None)
     await q.admit(charges)
-    q.charge(charges, 10, 0.004)
+    q.settle(await q.hold(charges, 10, 0.005), 10, 0.004)
     await settled(q)
     await q.admit(charges)  # $0.004 of $0.01: still under
-    q.charge(charges, 10, 0.007)
+    q.settle(await q.hold(charges, 10, 0.005), 10, 0.007)  # used more than it held: all of it is counted
     await settled(q)
     with pytest.raises(QuotaExceeded) as refused:
         await q.admit(charges)
@@ -81,6 +97,23 @@ async def test_a_daily_budget_stops_new_requests_once_spent() -> None:
     assert (await q.used(charges[0]))["usd_this_month"] == pytest.approx(0.011)
     clock[0] += 12 * 3600  # the next day: the daily budget is fresh, the month's goes on
     await q.admit(charges)
+
+
+async def test_concurrent_requests_stop_exactly_at_a_budget() -> None:
+    q = quotas([NOON])
+    charges = q.charges("key1", QuotaConfig(usd_per_day=1.0), None)
+
+    async def one() -> bool:
+        try:
+            await q.admit(charges)  # the check before routing: spent and held so far
+            await q.hold(charges, 10, 0.25)  # routed: the hold, which alone decides under concurrency
+        except QuotaExceeded:
+            return False
+        return True
+
+    served = await asyncio.gather(*(one() for _ in range(10)))
+    assert served.count(True) == 4  # $0.25 each: the fourth brings the day to $1.00; none after it
+    assert (await q.used(charges[0]))["usd_today"] == pytest.approx(1.0)
 
 
 async def test_a_tenants_quota_is_shared_by_its_keys() -> None:
