@@ -20,6 +20,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.gateway import GatewayProcess
 from tests.support.stack import BASE, gateway_config, turnout_info
+from tests.support.waiting import until
 
 GHOST = "ghost"
 
@@ -256,16 +257,13 @@ def test_reload_keeps_serving_on_a_broken_file_and_applies_a_good_one(
     assert gateway.process is not None
     gateway.config_path.write_text("vllm: [broken\n")
     os.kill(gateway.process.pid, signal.SIGHUP)
-    polls = 2000
-    while "SIGHUP reload refused" not in gateway.log_path.read_text():
-        polls -= 1
-        assert polls > 0, gateway.log_tail()
-        httpx.get(gateway.url + "/health")  # paces the polling on a real round trip
+    until(
+        lambda: "SIGHUP reload refused" in gateway.log_path.read_text(),
+        lambda: httpx.get(gateway.url + "/health"),  # paces the polling on a real round trip
+        gateway.log_tail,
+    )
     assert _rule_for(gateway, "Where is my package?") == "everything-formal"
     config["policies"]["support-bot"]["rules"].pop(0)
     gateway.config_path.write_text(yaml.safe_dump(config))
     os.kill(gateway.process.pid, signal.SIGHUP)
-    polls = 2000
-    while _rule_for(gateway, "Where is my package?") != "orders":
-        polls -= 1
-        assert polls > 0, gateway.log_tail()
+    until(lambda: _rule_for(gateway, "Where is my package?") == "orders", lambda: None, gateway.log_tail)

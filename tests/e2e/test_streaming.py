@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.gateway import GatewayProcess
 from tests.support.recorder import RecordingProxy
 from tests.support.stack import ADAPTERS, BASE, gateway_config
+from tests.support.waiting import until
 
 LONG = {
     "messages": [{"role": "user", "content": "Tell a long story."}],
@@ -96,31 +97,37 @@ def _metric(gateway: GatewayProcess, name: str, **labels: str) -> float:
 
 def test_client_disconnect_mid_stream_aborts_the_generation(vllm: Any, gateway: GatewayProcess) -> None:
     for model, kind in ((BASE, "base"), (ADAPTERS[0], "adapter")):
-        left = _metric(gateway, "turnout_requests_total", route_kind=kind, status="499")
-        estimated = _metric(gateway, "turnout_usage_estimated_total", route_kind=kind)
-        prompt = _metric(gateway, "turnout_tokens_total", route_kind=kind, direction="prompt")
-        with (
-            httpx.Client(timeout=120) as client,
-            client.stream("POST", gateway.url + "/v1/chat/completions", json={**LONG, "model": model}) as response,
-        ):
-            assert response.status_code == 200
-            first = next(response.iter_bytes())
-            found = re.search(rb'"id":"([^"]+)"', first)
-            assert found, first
-            request_id = found.group(1).decode()
-        # The connection is closed here, after one chunk of a 480-token generation: vLLM must log that
-        # it aborted this very request (it logs nothing of the kind for a request it completes).
-        polls = 2000
-        while not _aborted_in_log(vllm, request_id):
-            polls -= 1
-            assert polls > 0, f"{model}: vLLM never aborted {request_id}:\n{vllm.log_tail()}"
-            httpx.get(vllm.url + "/health", timeout=5)  # paces the polling on a real round trip
-        # No usage came back for the abandoned stream: it is counted as a 499 with estimated usage.
-        while _metric(gateway, "turnout_requests_total", route_kind=kind, status="499") == left:
-            polls -= 1
-            assert polls > 0, f"{model}: the gateway never recorded the abandoned stream"
-        assert _metric(gateway, "turnout_usage_estimated_total", route_kind=kind) == estimated + 1
-        assert _metric(gateway, "turnout_tokens_total", route_kind=kind, direction="prompt") > prompt  # counted here
+        _leave_a_stream_after_its_first_chunk(vllm, gateway, model, kind)
+
+
+def _leave_a_stream_after_its_first_chunk(vllm: Any, gateway: GatewayProcess, model: str, kind: str) -> None:
+    left = _metric(gateway, "turnout_requests_total", route_kind=kind, status="499")
+    estimated = _metric(gateway, "turnout_usage_estimated_total", route_kind=kind)
+    prompt = _metric(gateway, "turnout_tokens_total", route_kind=kind, direction="prompt")
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream("POST", gateway.url + "/v1/chat/completions", json={**LONG, "model": model}) as response,
+    ):
+        assert response.status_code == 200
+        first = next(response.iter_bytes())
+        found = re.search(rb'"id":"([^"]+)"', first)
+        assert found, first
+        request_id = found.group(1).decode()
+    # The connection is closed here, after one chunk of a 480-token generation: vLLM must log that
+    # it aborted this very request (it logs nothing of the kind for a request it completes).
+    until(
+        lambda: _aborted_in_log(vllm, request_id),
+        lambda: httpx.get(vllm.url + "/health", timeout=5),  # paces the polling on a real round trip
+        lambda: f"{model}: vLLM never aborted {request_id}:\n{vllm.log_tail()}",
+    )
+    # No usage came back for the abandoned stream: it is counted as a 499 with estimated usage.
+    until(
+        lambda: _metric(gateway, "turnout_requests_total", route_kind=kind, status="499") != left,
+        lambda: None,  # each poll is a scrape of /metrics
+        lambda: f"{model}: the gateway never recorded the abandoned stream",
+    )
+    assert _metric(gateway, "turnout_usage_estimated_total", route_kind=kind) == estimated + 1
+    assert _metric(gateway, "turnout_tokens_total", route_kind=kind, direction="prompt") > prompt  # counted here
 
 
 def test_client_leaving_a_non_streaming_request_aborts_the_generation(vllm: Any, gateway: GatewayProcess) -> None:
@@ -134,8 +141,8 @@ def test_client_leaving_a_non_streaming_request_aborts_the_generation(vllm: Any,
             headers={"x-request-id": request_id},
             timeout=httpx.Timeout(60, read=0.5),
         )
-    polls = 2000
-    while not _aborted_in_log(vllm, f"chatcmpl-{request_id}-"):
-        polls -= 1
-        assert polls > 0, f"vLLM never aborted {request_id}:\n{vllm.log_tail()}"
-        httpx.get(vllm.url + "/health", timeout=5)  # paces the polling on a real round trip
+    until(
+        lambda: _aborted_in_log(vllm, f"chatcmpl-{request_id}-"),
+        lambda: httpx.get(vllm.url + "/health", timeout=5),  # paces the polling on a real round trip
+        lambda: f"vLLM never aborted {request_id}:\n{vllm.log_tail()}",
+    )
