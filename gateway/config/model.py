@@ -295,6 +295,12 @@ class VllmCostConfig(Section):
         gt=0,
         description="Completion tokens one replica generates per second at its usual load, summed over the batch.",
     )
+    training_tokens_per_second: float = Field(
+        2000.0,
+        gt=0,
+        description="Training tokens one GPU of this kind trains a LoRA adapter on per second (turnout finetune "
+        "estimate; the base model's size decides it: measure one run).",
+    )
 
 
 class TokenPriceConfig(Section):
@@ -310,6 +316,11 @@ class OpenAICostConfig(Section):
         default_factory=dict,
         description="Prices by OpenAI model id, overriding the price map litellm ships (needed for models it "
         "does not know).",
+    )
+    training_usd_per_1m_tokens: dict[str, float] = Field(
+        default_factory=dict,
+        description="Fine-tuning prices (US dollars per million training tokens) by OpenAI base model id, "
+        "overriding the table Turnout ships (turnout finetune estimate).",
     )
 
 

@@ -60,3 +60,9 @@ async def upstream() -> AsyncIterator[FaultyUpstream]:
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An adapter directory that passes the gateway's checks."""
     return write_adapter(tmp_path_factory.mktemp("adapters") / "lora")
+
+
+@pytest.fixture(scope="module")
+def base_model_dir(tokenizer_file: Path) -> Path:
+    """The tiny base model's directory (``make assets``): config, weights, tokenizer and chat template."""
+    return tokenizer_file.parent

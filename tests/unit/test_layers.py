@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.rag",
         "gateway.accounting",
         "gateway.routing_state",
+        "gateway.finetune",
     ),
     ("gateway.dispatch",),
     ("gateway.components",),
