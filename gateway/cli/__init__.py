@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from gateway import __version__
-from gateway.cli import checks, rag, route, serve, store
+from gateway.cli import checks, finetune, rag, route, serve, store, training
 from gateway.cli.common import group
 
 app = group(
@@ -28,8 +28,10 @@ app = group(
 app.command()(serve.serve)
 app.add_typer(checks.config_app, name="config")
 store.register(checks.adapters_app)
+training.register(checks.adapters_app)
 app.add_typer(checks.adapters_app, name="adapters")
 app.add_typer(route.app, name="route")
+app.add_typer(finetune.app, name="finetune")
 app.add_typer(rag.app, name="rag")
 
 
