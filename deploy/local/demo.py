@@ -40,6 +40,7 @@ from localstack import (
     wait_http_ok,
 )
 from readme_examples import examples
+from walkthrough import QUESTION, ask, check_and_train
 
 VLLM_PORT = 8000
 FLEET_PORTS = (8000, 8001)
@@ -177,6 +178,9 @@ def main() -> int:
             _say(f"starting vLLM on {server.url} (about a minute; log {server.log_path})")
             server.start()
             _remember_pid(server)  # the process group to stop a server by hand (see the banner)
+        if not fleet:  # while vLLM starts: the training file checked, an adapter trained from it
+            _say(f"walk-through: checking {'examples/finetune/support-formal.jsonl'} and training an adapter from it")
+            check_and_train()
         for server in servers:
             waited = server.wait_ready(timeout=300.0)
             _say(f"vLLM on {server.url} ready after {waited:.0f} s")
@@ -216,6 +220,10 @@ def main() -> int:
                 check=True,
             )
 
+        if not fleet:
+            _say(f"walk-through: the trained adapter and the base model asked {QUESTION!r}")
+            _say(f"  support-formal: {ask(GATEWAY_URL, 'support-formal')!r}")
+            _say(f"  {BASE_MODEL}: {ask(GATEWAY_URL, BASE_MODEL)!r}")
         print(_fleet_banner() if fleet else _banner(), flush=True)
 
         while True:

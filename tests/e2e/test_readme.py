@@ -23,6 +23,7 @@ from pathlib import Path
 
 import localstack
 import pytest
+import walkthrough
 from readme_examples import REPO_ROOT, Example, examples
 
 DEMO_CONFIG = "examples/demo.yaml"
@@ -51,6 +52,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: 
 
 @pytest.fixture(scope="module")
 def demo(vllm: localstack.VllmServer, assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
+    walkthrough.check_and_train(quiet=True)  # what `make demo` does while vLLM starts: the trained adapter
     workdir = tmp_path_factory.mktemp("demo")
     port = localstack.free_port()
     env = {
