@@ -34,6 +34,7 @@ class PriceBook:
             per_second / vllm.completion_tokens_per_second,
             per_second / vllm.prompt_tokens_per_second,
         )
+        self.vllm_prompt_seconds_per_token = 1.0 / vllm.prompt_tokens_per_second  # replica time a prompt token takes
         prices = litellm_price_map() if set(openai_models) - set(costs.openai.models) else {}
         self.openai = {model: openai_price(model, costs, prices) for model in openai_models}
         self.embedding_per_token = costs.rag.embedding_usd_per_1m_tokens * PER_MILLION

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from gateway import __version__
-from gateway.cli import checks, finetune, rag, route, serve, store, training
+from gateway.cli import checks, finetune, plan, rag, route, serve, store, training
 from gateway.cli.common import group
 
 app = group(
@@ -32,6 +32,7 @@ training.register(checks.adapters_app)
 app.add_typer(checks.adapters_app, name="adapters")
 app.add_typer(route.app, name="route")
 app.add_typer(finetune.app, name="finetune")
+app.command("plan")(plan.plan_command)
 app.add_typer(rag.app, name="rag")
 
 
