@@ -123,6 +123,8 @@ class Decision:
     reason: str
     fallbacks: tuple[Target, ...] = ()
     policy: str | None = None
+    shadows: tuple[Target, ...] = ()  # also sent in the background (this request was sampled for them)
+    intent: str | None = None  # the intent the rule's condition matched, when it computed one
 
     @property
     def chain(self) -> tuple[Target, ...]:
@@ -136,4 +138,5 @@ class Decision:
             "reason": self.reason,
             "target": self.target.describe(),
             "fallbacks": [t.describe() for t in self.fallbacks],
+            **({"shadows": [t.describe() for t in self.shadows]} if self.shadows else {}),
         }

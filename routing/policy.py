@@ -15,12 +15,28 @@ from typing import TYPE_CHECKING, Any
 
 from routing.conditions import Condition, Scratch, compile_condition, intents_used
 from routing.decision import Caps, Decision, RagOptions, RequestFeatures, Target, TargetKind
-from routing.spec import PolicySpec, SplitSpec, TargetSpec
+from routing.spec import PolicySpec, ShadowSpec, SplitSpec, TargetSpec
 
 if TYPE_CHECKING:
     from routing.intents import IntentIndex  # numpy is imported only where intents are configured
 
 TargetResolver = Callable[[TargetSpec], Target]
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """Targets a sampled share of requests is also sent to; the sample is drawn by hashing the request id,
+    so a decision stays reproducible."""
+
+    targets: tuple[Target, ...]
+    sample: float
+
+    def arms(self, salt: str, features: RequestFeatures, chosen: Target) -> tuple[Target, ...]:
+        """The shadow targets for this request (none unless it is sampled; never the chosen target itself)."""
+        digest = hashlib.blake2b(f"{salt}\0shadow\0{features.request_id}".encode(), digest_size=8).digest()
+        if int.from_bytes(digest, "big") / 2**64 >= self.sample:
+            return ()
+        return tuple(t for t in self.targets if t != chosen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +79,7 @@ class Rule:
     split: Split | None
     fallbacks: tuple[Target, ...] | None
     reason: str
+    shadow: Shadow | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +91,7 @@ class Policy:
     fallbacks: tuple[Target, ...]
     intents: IntentIndex | None
     needs_embedding: bool
+    shadow: Shadow | None = None
     # (rule, its bound test) pairs, made once: the hot loop then does no attribute look-ups
     checks: tuple[tuple[Rule, Callable[[Scratch], bool] | None], ...] = ()
 
@@ -97,8 +115,9 @@ class Policy:
         for rule, test in checks:
             if test is None or test(scratch):
                 return self._decision(rule, scratch)
+        shadows = self.shadow.arms(f"{self.name}/default", features, self.default) if self.shadow else ()
         return Decision(
-            self.default, "default", "no rule matched", self._chain(self.fallbacks, self.default), self.name
+            self.default, "default", "no rule matched", self._chain(self.fallbacks, self.default), self.name, shadows
         )
 
     def explain(self, features: RequestFeatures) -> dict[str, Any]:
@@ -144,7 +163,10 @@ class Policy:
             assert rule.target is not None
             target = rule.target
         fallbacks = rule.fallbacks if rule.fallbacks is not None else self.fallbacks
-        return Decision(target, rule.name, reason, self._chain(fallbacks, target), self.name)
+        shadow = rule.shadow or self.shadow
+        shadows = shadow.arms(f"{self.name}/{rule.name}", scratch.features, target) if shadow else ()
+        named = intent.intent if intent is not None else None
+        return Decision(target, rule.name, reason, self._chain(fallbacks, target), self.name, shadows, named)
 
     @staticmethod
     def _chain(fallbacks: tuple[Target, ...], chosen: Target) -> tuple[Target, ...]:
@@ -166,6 +188,7 @@ def compile_policy(name: str, spec: PolicySpec, resolve: TargetResolver, intents
                 split=Split.of(rule.split, resolve) if rule.split is not None else None,
                 fallbacks=tuple(resolve(t) for t in rule.fallbacks) if rule.fallbacks is not None else None,
                 reason=condition.describe() if condition is not None else "always",
+                shadow=_shadow(rule.shadow, resolve),
             )
         )
     if needs_embedding and intents is None:
@@ -178,7 +201,12 @@ def compile_policy(name: str, spec: PolicySpec, resolve: TargetResolver, intents
         fallbacks=tuple(resolve(t) for t in spec.fallbacks),
         intents=intents if needs_embedding else None,
         needs_embedding=needs_embedding,
+        shadow=_shadow(spec.shadow, resolve),
     )
+
+
+def _shadow(spec: ShadowSpec | None, resolve: TargetResolver) -> Shadow | None:
+    return Shadow(tuple(resolve(t) for t in spec.targets), spec.sample) if spec is not None else None
 
 
 def target_resolver(base_model: str) -> TargetResolver:

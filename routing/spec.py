@@ -188,12 +188,21 @@ class SplitSpec(_Spec):
     arms: Annotated[list[ArmSpec], Field(min_length=2)]
 
 
+class ShadowSpec(_Spec):
+    """Other targets a sampled share of requests is also sent to, in the background, to compare with the
+    answer the client gets (which they never delay or change)."""
+
+    targets: Annotated[list[TargetSpec], Field(min_length=1, max_length=8)]
+    sample: float = Field(0.1, gt=0, le=1, description="The share of requests also sent to the shadow targets.")
+
+
 class RuleSpec(_Spec):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     when: ConditionSpec | None = Field(None, description="Omitted: the rule always matches.")
     target: TargetSpec | None = None
     split: SplitSpec | None = None
     fallbacks: list[TargetSpec] | None = Field(None, description="Overrides the policy's fallbacks for this rule.")
+    shadow: ShadowSpec | None = Field(None, description="Overrides the policy's shadow arms for this rule.")
 
     @model_validator(mode="after")
     def _one_destination(self) -> Self:
@@ -209,17 +218,21 @@ class PolicySpec(_Spec):
     fallbacks: list[TargetSpec] = Field(
         default_factory=list, description="Tried in order when the chosen target fails before its first byte."
     )
+    shadow: ShadowSpec | None = Field(None, description="Shadow arms of every rule without its own (off: none).")
 
     def targets(self) -> list[tuple[KeyPath, TargetSpec]]:
         """Every target the policy names, with where it stands as key parts (``("rules", 2, "target")``)."""
         found: list[tuple[KeyPath, TargetSpec]] = [(("default",), self.default)]
         found += [(("fallbacks", i), t) for i, t in enumerate(self.fallbacks)]
+        found += [(("shadow", "targets", i), t) for i, t in enumerate(self.shadow.targets if self.shadow else [])]
         for i, rule in enumerate(self.rules):
             if rule.target is not None:
                 found.append((("rules", i, "target"), rule.target))
             for j, arm in enumerate(rule.split.arms if rule.split is not None else []):
                 found.append((("rules", i, "split", "arms", j, "target"), arm.target))
             found += [(("rules", i, "fallbacks", j), t) for j, t in enumerate(rule.fallbacks or [])]
+            shadows = rule.shadow.targets if rule.shadow else []
+            found += [(("rules", i, "shadow", "targets", j), t) for j, t in enumerate(shadows)]
         return found
 
     @model_validator(mode="after")

@@ -48,6 +48,14 @@ class RoutingTable:
         entry = self.models.get(model)
         return isinstance(entry, Policy) and entry.needs_embedding
 
+    @property
+    def shadowed(self) -> bool:
+        """Whether any policy sends a share of its requests to shadow arms."""
+        return any(
+            isinstance(entry, Policy) and (entry.shadow is not None or any(r.shadow for r in entry.rules))
+            for entry in self.models.values()
+        )
+
     def needs_conversation(self, model: str) -> bool:
         entry = self.models.get(model)
         return isinstance(entry, Policy) and entry.needs_conversation
