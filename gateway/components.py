@@ -39,6 +39,7 @@ from gateway.dispatch.backend import Backend, VllmBackend
 from gateway.dispatch.embeddings import EmbeddingService
 from gateway.dispatch.openai_backend import OpenAIBackend
 from gateway.dispatch.service import CompletionService, RequestLimits
+from gateway.dispatch.shadows import ShadowRunner
 from gateway.embeddings import Embedder, EmbedderError
 from gateway.errors import ConfigRejected
 from gateway.fleet.discovery import Resolver
@@ -46,7 +47,13 @@ from gateway.fleet.fleet import Fleet
 from gateway.fleet.placement import Placement
 from gateway.metrics import Metrics
 from gateway.protocol.caps import InputCaps
-from gateway.routing_state import build_routing_table, openai_models, policies_use_intents, policies_use_openai
+from gateway.routing_state import (
+    build_routing_table,
+    openai_models,
+    policies_use_intents,
+    policies_use_openai,
+    policies_use_shadows,
+)
 from gateway.upstream.breaker import BreakerSettings
 from routing import RoutingTable, TargetKind
 
@@ -70,7 +77,12 @@ class StartupError(Exception):
 def needs_embedder(config: TurnoutConfig) -> bool:
     """Intents, retrieval, or ``embeddings.serve: true`` (the model loaded at start-up for the endpoint alone:
     never on a first request, which would wait seconds for it and grow the process by torch mid-service)."""
-    return policies_use_intents(config) or bool(config.rag.collections) or config.embeddings.serve is True
+    return (
+        policies_use_intents(config)
+        or bool(config.rag.collections)
+        or config.embeddings.serve is True
+        or policies_use_shadows(config)  # agreement between shadow answers is measured with it
+    )
 
 
 def base_model_facts(config: TurnoutConfig) -> BaseModelFacts:
@@ -105,6 +117,8 @@ class Components:
         self.auth = Authenticator(config.auth)
         self.admission = Admission(admission_limits(config))
         self.quotas = Quotas(config.limits, metrics)
+        self.shadows = ShadowRunner(config.shadows, service.backends, service.accounting, self.quotas)
+        self.shadows.embedder = service.embedder
         self._reloading = asyncio.Lock()  # one reload at a time: the last file read is the one applied
         self.started_at = int(time.time())
         self.reloads = 0
@@ -118,6 +132,7 @@ class Components:
 
     async def aclose(self) -> None:
         self.service.deadlines.close()
+        await self.shadows.aclose()
         await self.quotas.aclose()
         if self.store is not None:
             await self.store.close()
@@ -175,6 +190,7 @@ class Components:
         self.service.swap(table, embedder, request_limits(new))
         self.admission.use(admission_limits(new))
         self.quotas.use(new.limits)
+        self.shadows.embedder = embedder
         self.embeddings.use(embedder, new.serves_embeddings)
         self.config = new
         self.reloads += 1

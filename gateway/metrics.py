@@ -264,6 +264,37 @@ class Metrics:
             registry=r,
         )
 
+        # Shadow arms (labels: the policy and rule from the configuration, the arm a target's label).
+        self.shadow_requests = Counter(
+            "turnout_shadow_requests",
+            "Shadow calls by outcome: ok, error (the arm failed), quota (the caller's quota refused it).",
+            ["policy", "rule", "arm", "outcome"],
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "turnout_shadow_dropped",
+            "Sampled requests whose shadow arms were dropped because the queue (shadows.queue_size) was full.",
+            ["policy"],
+            registry=r,
+        )
+        self.shadow_seconds = Histogram(
+            "turnout_shadow_seconds",
+            "Duration of a shadow call, to its last byte.",
+            ["policy", "arm"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_agreement = Histogram(
+            "turnout_shadow_agreement",
+            "Cosine similarity of a shadow arm's answer with the primary answer (the gateway's embedding model).",
+            ["policy", "arm"],
+            buckets=(0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0),
+            registry=r,
+        )
+        self.shadow_cost = Counter(
+            "turnout_shadow_cost_dollars", "US dollars spent on shadow calls.", ["policy", "arm"], registry=r
+        )
+
         # Circuit breakers.
         self.circuit_state = Gauge(
             "turnout_circuit_state",

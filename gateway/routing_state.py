@@ -16,6 +16,13 @@ def policies_use_intents(config: TurnoutConfig) -> bool:
     return any(intents_used(rule.when) for policy in config.policies.values() for rule in policy.rules)
 
 
+def policies_use_shadows(config: TurnoutConfig) -> bool:
+    return any(
+        policy.shadow is not None or any(rule.shadow is not None for rule in policy.rules)
+        for policy in config.policies.values()
+    )
+
+
 def policies_use_openai(config: TurnoutConfig) -> bool:
     return any(target.openai for policy in config.policies.values() for _, target in policy.targets())
 

@@ -61,11 +61,12 @@ class Accounting:
         """Price requests opened from now on with ``prices`` (a reload); open ledgers keep theirs."""
         self.prices = prices
 
-    def open(self, endpoint: Endpoint, started: float) -> Ledger:
+    def open(self, endpoint: Endpoint, started: float, *, shadow: bool = False) -> Ledger:
         """The ledger of a request that arrived at ``started`` (``time.perf_counter()``); in flight until
-        it finishes."""
+        it finishes. A ``shadow`` call's ledger prices it but records nothing in the route metrics (the
+        shadow runner records it in its own)."""
         self.in_flight += 1
-        return Ledger(self, endpoint, started)
+        return Ledger(self, endpoint, started, shadow)
 
     def _closed(self) -> None:
         self.in_flight -= 1
@@ -150,13 +151,17 @@ class Ledger:
         "_usage",
         "_wants_usage",
         "accounts",
+        "duration_s",
         "endpoint",
+        "keeps_answer",
         "on_finish",
         "prices",
+        "shadow",
         "started",
+        "status",
     )
 
-    def __init__(self, accounts: Accounting, endpoint: Endpoint, started: float) -> None:
+    def __init__(self, accounts: Accounting, endpoint: Endpoint, started: float, shadow: bool = False) -> None:
         self.accounts = accounts
         self.prices = accounts.prices  # the prices this request started with, whatever a reload does meanwhile
         self.endpoint = endpoint
@@ -183,6 +188,10 @@ class Ledger:
         self._parts = (0.0, 0.0, 0.0)  # the cost's generation, embedding and search dollars, once settled
         self._done = False
         self.on_finish: Callable[[int, float], None] | None = None  # told (tokens, dollars) when it ends
+        self.shadow = shadow
+        self.keeps_answer = False  # keep a whole answer's body too (a shadowed request compares it)
+        self.duration_s: float | None = None  # from arrival to the end, once finished
+        self.status: int | None = None  # the status it was recorded with, once finished
 
     # --- what happened to the request, in the order it happens ---------------------------------------
 
@@ -394,8 +403,14 @@ class Ledger:
         self._done = True
         metrics = self.accounts.metrics
         self.accounts._closed()
-        total = time.perf_counter() - self.started
+        self.status = status
+        self.duration_s = total = time.perf_counter() - self.started
         cost = self.settle(self._usage)
+        if self.shadow:  # priced and counted against quotas, but not a request of the routes' metrics
+            if self.on_finish is not None:
+                usage = self._usage
+                self.on_finish(usage.prompt + usage.completion if usage is not None else 0, cost)
+            return
         target = self._target
         kind, label = (target.kind.value, target.label) if target is not None else (NO_ROUTE, NO_ROUTE)
         series = metrics.route(self.endpoint, self._policy, kind, label)

@@ -74,6 +74,8 @@ class CompletionEndpoint:
         if charges:
             await _hold(quotas, charges, completion, admitted)
         await respond(completion, scope, receive, send)
+        if completion.shadowed is not None:  # its answer is sent: the shadow arms run in the background
+            components.shadows.offer(completion, charges)
 
 
 async def _hold(quotas: Quotas, charges: list[Charge], completion: Completion, admitted: dict[str, str]) -> None:

@@ -330,8 +330,10 @@ def _resolve_paths(config: TurnoutConfig, base: Path) -> TurnoutConfig:
     adapter_store = config.adapter_store
     if adapter_store.path is not None:
         adapter_store = adapter_store.model_copy(update={"path": resolve(adapter_store.path)})
+    shadows = config.shadows.model_copy(update={"store": resolve(config.shadows.store)})
     return config.model_copy(
         update={
+            "shadows": shadows,
             "adapters": adapters,
             "base_model": base_model,
             "rag": rag,

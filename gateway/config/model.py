@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.config import references
+from gateway.config.evidence import ShadowsConfig
 from gateway.config.fields import (
     MODEL_NAME,
     PACKAGED_EMBEDDER,
@@ -447,6 +448,7 @@ class TurnoutConfig(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    shadows: ShadowsConfig = Field(default_factory=ShadowsConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
     openai: OpenAIConfig = Field(

@@ -11,6 +11,7 @@ tells the ledger how the request ended.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from gateway.accounting.ledger import Ledger, dollars
 from gateway.dispatch.answers import with_citations
@@ -23,13 +24,16 @@ from gateway.protocol.requests import Endpoint
 from gateway.protocol.usage import usage_of_body
 from routing import Target
 
+if TYPE_CHECKING:
+    from gateway.dispatch.shadow_request import ShadowRequest
+
 Opener = Callable[[], Awaitable[tuple[Opened, dict[str, str]]]]
 
 
 class Completion:
     """A routed completion request whose answer is not open yet."""
 
-    __slots__ = ("_opener", "endpoint", "headers", "ledger", "stream", "targets")
+    __slots__ = ("_opener", "endpoint", "headers", "ledger", "shadowed", "stream", "targets")
 
     def __init__(
         self, endpoint: Endpoint, stream: bool, ledger: Ledger, opener: Opener, targets: tuple[Target, ...] = ()
@@ -40,6 +44,7 @@ class Completion:
         self._opener = opener
         self.targets = targets  # the decision's chain: the targets the answer may come from
         self.headers: dict[str, str] | None = None  # added to the answer's (the quotas' rate-limit headers)
+        self.shadowed: ShadowRequest | None = None  # sampled for shadow arms: run once the answer is sent
 
     async def open(self) -> Delivery:
         """Open the answer, falling back as the decision says. A failure is recorded in the ledger (with
@@ -99,8 +104,8 @@ class Delivery:
             exc.add_headers(headers)
             raise
         usage = usage_of_body(body)
-        if usage is None:
-            ledger.keep_event(body)  # counted with the tokenizer instead
+        if usage is None or ledger.keeps_answer:
+            ledger.keep_event(body)  # counted with the tokenizer instead (or compared with shadow answers)
         headers["x-turnout-cost-usd"] = dollars(ledger.settle(usage))
         if ledger.usage is not None and ledger.usage.estimated:
             headers["x-turnout-usage-estimated"] = "true"

@@ -24,6 +24,7 @@ from gateway.accounting.ledger import SHUT_DOWN, Accounting
 from gateway.dispatch.backend import Backend, Call, Opened, PassToNextRule
 from gateway.dispatch.deadlines import Deadlines
 from gateway.dispatch.delivery import Completion
+from gateway.dispatch.shadow_request import ShadowRequest
 from gateway.dispatch.shaping import request_features
 from gateway.embeddings import Embedder
 from gateway.errors import ModelNotFound, RetrievalUnavailable, TurnoutError, UnsupportedEndpoint
@@ -161,7 +162,13 @@ class CompletionService:
         call = Call(endpoint, raw, routed.data, routed.features, ledger)
         deadline = self._serving.limits.first_byte_timeout_s
         opener = partial(self._open_in_time, call, routed, ctx, deadline)
-        return Completion(endpoint, routed.stream, ledger, opener, routed.decision.chain)
+        completion = Completion(endpoint, routed.stream, ledger, opener, routed.decision.chain)
+        if routed.decision.shadows:  # sampled: the answer is kept, to compare the shadow arms' with
+            ledger.keeps_answer = True
+            completion.shadowed = ShadowRequest(
+                endpoint, raw, routed.data, routed.stream, routed.features, routed.decision, time.time()
+            )
+        return completion
 
     async def _open_in_time(
         self, call: Call, routed: Routed, ctx: RequestContext, timeout_s: float

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.accounting",
         "gateway.routing_state",
         "gateway.finetune",
+        "gateway.evidence",
     ),
     ("gateway.dispatch",),
     ("gateway.components",),

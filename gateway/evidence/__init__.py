@@ -1,0 +1,5 @@
+"""Evidence for choosing routes: what each arm of a shadowed request measured, kept in an embedded SQLite
+file (with a retention and a size bound).
+
+May import: ``gateway.config``.
+"""

@@ -1,0 +1,127 @@
+"""Shadow arms end to end with real vLLM adapters: the client's answers are what they are without shadows,
+every arm's figures are recorded in the evidence store (and the metrics), and a full queue drops shadows
+and counts them instead of making anyone wait."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import localstack
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.support.stack import BASE, gateway_config
+from tests.support.waiting import until
+
+PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Write one line about the sea."}]
+SHADOWED = ["adapter:terse", "base"]
+
+
+def _config(vllm_url: str, assets: Path, store: Path, **shadows: Any) -> dict[str, Any]:
+    config = gateway_config(vllm_url, assets)
+    config["policies"] = {
+        "bot": {
+            "rules": [{"name": "all", "target": "adapter:formal", "shadow": {"targets": SHADOWED, "sample": 1.0}}],
+            "default": "base",
+        }
+    }
+    config["shadows"] = {"store": str(store), **shadows}
+    return config
+
+
+def _rows(store: Path) -> list[dict[str, Any]]:
+    if not store.exists():
+        return []
+    with sqlite3.connect(store) as db:
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in db.execute("SELECT * FROM arms ORDER BY at, rowid")]
+        except sqlite3.OperationalError:  # the gateway is creating the table this very moment
+            return []
+
+
+def _answer(client: openai.OpenAI, stream: bool) -> tuple[str, str | None, Any]:
+    if not stream:
+        done = client.chat.completions.create(model="bot", messages=PROMPT, max_tokens=12, temperature=0)
+        return done.choices[0].message.content or "", done.choices[0].finish_reason, done.usage
+    text, reason, usage = "", None, None
+    for chunk in client.chat.completions.create(
+        model="bot", messages=PROMPT, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+    ):
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            reason = chunk.choices[0].finish_reason or reason
+        usage = chunk.usage or usage
+    return text, reason, usage
+
+
+def test_shadows_record_every_arm_and_leave_the_answer_alone(
+    vllm: Any, assets: Path, start_gateway: Any, tmp_path: Path
+) -> None:
+    store = tmp_path / "evidence.sqlite"
+    shadowed = start_gateway(_config(vllm.url, assets, store))
+    plain_config = _config(vllm.url, assets, tmp_path / "unused.sqlite")
+    plain_config["policies"]["bot"]["rules"][0].pop("shadow")
+    plain = start_gateway(plain_config)
+    answers = {}
+    for name, gateway in (("shadowed", shadowed), ("plain", plain)):
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        answers[name] = [_answer(client, stream) for stream in (False, True)]
+    assert answers["shadowed"] == answers["plain"]  # text, finish reason and usage, whole and streamed
+    assert not (tmp_path / "unused.sqlite").exists()  # no shadows, no store
+
+    until(lambda: len(_rows(store)) == 6, lambda: None, lambda: f"rows: {_rows(store)}")
+    rows = _rows(store)
+    assert [(r["arm"], r["primary"]) for r in rows] == [
+        ("adapter:formal", 1), ("adapter:terse", 0), (f"base:{BASE}", 0),
+    ] * 2  # fmt: skip
+    for row in rows:
+        assert (row["policy"], row["rule"], row["status"]) == ("bot", "all", 200)
+        assert row["seconds"] > 0
+        assert row["prompt_tokens"] > 0
+        assert row["completion_tokens"] > 0
+        assert row["usd"] > 0  # the stack prices self-hosted routes
+        assert row["request_text"] is None  # shadows.keep_texts is off
+        if row["primary"]:
+            assert row["agreement"] is None
+        else:
+            assert -1.0 <= row["agreement"] <= 1.0
+    assert rows[3]["ttft_seconds"] is not None  # the streamed request's primary: time to first token
+    assert all(row["ttft_seconds"] is not None for row in rows[3:])
+    samples = localstack.scrape_metrics(shadowed.url)
+    assert localstack.metric_total(samples, "turnout_shadow_requests_total", arm="adapter:terse", outcome="ok") == 2
+    assert localstack.metric_total(samples, "turnout_shadow_agreement_count", arm="adapter:terse") == 2
+    assert localstack.metric_total(samples, "turnout_shadow_cost_dollars_total", arm=f"base:{BASE}") > 0
+    # the routes' own metrics count the two client requests only, not their shadows
+    assert localstack.metric_total(samples, "turnout_requests_total", policy="bot") == 2
+
+
+def test_a_full_queue_drops_shadows_and_counts_them(
+    vllm: Any, assets: Path, start_gateway: Any, tmp_path: Path
+) -> None:
+    store = tmp_path / "evidence.sqlite"
+    gateway = start_gateway(_config(vllm.url, assets, store, queue_size=1, workers=1))
+
+    async def burst() -> None:
+        async with openai.AsyncOpenAI(
+            base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120
+        ) as client:
+            await asyncio.gather(
+                *(client.chat.completions.create(model="bot", messages=PROMPT, max_tokens=12) for _ in range(8))
+            )
+
+    asyncio.run(burst())
+
+    def dropped() -> float:
+        found = localstack.metric_total(localstack.scrape_metrics(gateway.url), "turnout_shadow_dropped_total")
+        return float(found)
+
+    assert dropped() >= 1
+    recorded = {row["request_id"] for row in _rows(store)}
+    until(
+        lambda: len({r["request_id"] for r in _rows(store)}) + dropped() == 8, lambda: None, lambda: str(_rows(store))
+    )
+    assert len(recorded) < 8
