@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends
 
 from gateway.api.deps import READ, ComponentsDep, admin_identity
+from gateway.errors import InvalidRequest
+from gateway.evidence.report import parse_since, report
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_identity)])
 
@@ -21,6 +24,20 @@ async def adapters(parts: ComponentsDep) -> dict[str, Any]:
 async def circuits(parts: ComponentsDep) -> dict[str, Any]:
     """Each upstream's circuit breaker: closed, half-open or open, recent failures, when it tries again."""
     return parts.circuits()
+
+
+@router.api_route("/report", methods=READ)
+async def evidence_report(parts: ComponentsDep, since: str = "24h") -> dict[str, Any]:
+    """Per policy and intent, each shadow arm's figures beside the primary's, and a recommendation."""
+    try:
+        span = parse_since(since)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="since") from None
+    runner = parts.shadows
+    if not runner.config.store.exists():
+        return {"since": since, "groups": []}
+    rows = await runner.store.rows(since=time.time() - span)
+    return {"since": since, "groups": [group.describe() for group in report(rows)]}
 
 
 @router.post("/reload")

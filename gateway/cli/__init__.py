@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from gateway import __version__
-from gateway.cli import checks, finetune, plan, rag, route, serve, store, training
+from gateway.cli import checks, finetune, plan, rag, report, route, serve, store, training
 from gateway.cli.common import group
 
 app = group(
@@ -33,6 +33,7 @@ app.add_typer(checks.adapters_app, name="adapters")
 app.add_typer(route.app, name="route")
 app.add_typer(finetune.app, name="finetune")
 app.command("plan")(plan.plan_command)
+app.command("report")(report.report_command)
 app.add_typer(rag.app, name="rag")
 
 

@@ -5,12 +5,17 @@ and counts them instead of making anyone wait."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import localstack
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.stack import BASE, gateway_config
@@ -97,6 +102,26 @@ def test_shadows_record_every_arm_and_leave_the_answer_alone(
     assert localstack.metric_total(samples, "turnout_shadow_cost_dollars_total", arm=f"base:{BASE}") > 0
     # the routes' own metrics count the two client requests only, not their shadows
     assert localstack.metric_total(samples, "turnout_requests_total", policy="bot") == 2
+
+    # the report says what the rows say, on the running gateway and offline
+    served = httpx.get(shadowed.url + "/admin/report", params={"since": "1h"}, timeout=30).json()
+    [group] = served["groups"]
+    assert (group["policy"], group["group"]) == ("bot", "rule all")
+    by_arm = {arm["arm"]: arm for arm in group["arms"]}
+    for name in ("adapter:formal", "adapter:terse", f"base:{BASE}"):
+        mine = [r for r in rows if r["arm"] == name]
+        assert by_arm[name]["requests"] == len(mine) == 2
+        assert by_arm[name]["usd_per_1000_requests"] == pytest.approx(1000 * sum(r["usd"] for r in mine) / 2, rel=1e-4)
+    assert group["recommendation"] == "2 requests so far: 20 are needed for a recommendation"
+    offline = subprocess.run(
+        [sys.executable, "-m", "gateway", "report", "-c", str(shadowed.config_path), "--since", "1h", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["groups"] == served["groups"]
+    refused = httpx.get(shadowed.url + "/admin/report", params={"since": "yesterday"}, timeout=30)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "since"
 
 
 def test_a_full_queue_drops_shadows_and_counts_them(

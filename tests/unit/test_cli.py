@@ -80,10 +80,11 @@ COMMANDS = list(_command_paths(typer.main.get_command(app)))
 
 
 def test_every_command_is_covered() -> None:
-    leaves = {" ".join(p) for p in COMMANDS if len(p) == 2 or p in {("serve",), ("plan",)}}
+    leaves = {" ".join(p) for p in COMMANDS if len(p) == 2 or p in {("serve",), ("plan",), ("report",)}}
     assert leaves == {
         "serve",
         "plan",
+        "report",
         "finetune check",
         "finetune estimate",
         "finetune start",
@@ -114,7 +115,7 @@ def test_help_is_plain_text(path: tuple[str, ...]) -> None:
     for markup in ("``", ":mod:", ":class:", ":func:", ":meth:", "<bool>", "╭", "│"):
         assert markup not in text, f"{markup!r} in the help of {' '.join(path) or 'turnout'}:\n{text}"
     assert re.search(r"^  --help +Show this message and exit\.$", text, re.M), text  # a flag takes no value
-    if path in {("serve",), ("plan",)} or (len(path) == 2 and path != ("config", "schema")):
+    if path in {("serve",), ("plan",), ("report",)} or (len(path) == 2 and path != ("config", "schema")):
         assert "Exit status: 0" in text  # every command that can fail says how
 
 

@@ -1,0 +1,72 @@
+"""``turnout report``: what the shadow arms recorded, per policy and intent, with a recommendation."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.cli.common import USAGE, fail, load_or_exit
+
+
+def report_command(
+    config: Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="Where the evidence is kept.")],
+    since: Annotated[str, typer.Option(metavar="SPAN", help="How far back: 30m, 24h, 7d.")] = "24h",
+    min_agreement: Annotated[float, typer.Option(min=-1, max=1, help="Agreement an arm needs.")] = 0.85,
+    max_error_rate: Annotated[float, typer.Option(min=0, max=1, help="Errors an arm may have.")] = 0.05,
+    min_requests: Annotated[int, typer.Option(min=1, help="Requests a group needs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Per policy and intent (or rule), each shadow arm beside the primary answer: requests, p50 and p95
+    latency, dollars per 1,000 requests, agreement with the primary answer, error rate; and a
+    recommendation stating its numbers. Read from shadows.store, offline (GET /admin/report on a running
+    gateway says the same).
+
+    Exit status: 0 with the report printed (empty when nothing is recorded yet); 2 when the configuration
+    cannot be used or --since is not a span.
+    """
+    from gateway.evidence.report import Thresholds, parse_since, report
+    from gateway.evidence.store import EvidenceStore
+
+    settings = load_or_exit(config)
+    try:
+        span = parse_since(since)
+    except ValueError as exc:
+        raise fail(str(exc), USAGE) from None
+    path = settings.shadows.store
+    groups = []
+    if path.exists():
+        store = EvidenceStore(path, retention_days=settings.shadows.retention_days, max_rows=settings.shadows.max_rows,
+                              keep_texts=settings.shadows.keep_texts)  # fmt: skip
+        try:
+            rows = store.read(since=time.time() - span)
+        finally:
+            store.close()
+        groups = report(rows, Thresholds(min_agreement, max_error_rate, min_requests))
+    if as_json:
+        typer.echo(json.dumps({"since": since, "groups": [g.describe() for g in groups]}, indent=2))
+        return
+    if not groups:
+        typer.echo(f"nothing recorded in the last {since} ({path}): turn on shadow arms in a policy (see the README)")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    for group in groups:
+        table = Table(title=f"{group.policy}: {group.key}")
+        for column in ("arm", "requests", "p50 ms", "p95 ms", "$ / 1k", "agreement", "errors"):
+            table.add_column(column, justify="left" if column == "arm" else "right")
+        for arm in group.arms:
+            agreement = f"{arm.agreement:.2f}" if arm.agreement is not None else "-"
+            name = arm.arm + (" (primary)" if arm.primary else "")
+            table.add_row(name, f"{arm.requests:,}", f"{arm.p50_s * 1000:.0f}", f"{arm.p95_s * 1000:.0f}",
+                          f"{arm.usd_per_1000:.4f}", agreement, f"{arm.error_rate:.1%}")  # fmt: skip
+        console.print(table)
+        console.print(group.recommendation, highlight=False)
+
+
+__all__ = ["report_command"]
