@@ -320,6 +320,8 @@ TOPICS: dict[str, Callable[[dict[str, Any]], bool]] = {
         "sumby(replica)" in _squash(_exprs(p)) and "turnout_adapter_resident" in _exprs(p)
     ),
     "discovery failures": lambda p: "turnout_discovery_failures_total" in _exprs(p),
+    "shadow arms": lambda p: "sumby(arm,outcome)(rate(turnout_shadow_requests_total" in _squash(_exprs(p)),
+    "shadow agreement": lambda p: "turnout_shadow_agreement_bucket" in _exprs(p),
 }
 
 
