@@ -311,3 +311,14 @@ def intents_used(spec: ConditionSpec | None) -> set[str]:
     for child in [*(spec.all_ or []), *(spec.any_ or []), *([spec.not_] if spec.not_ else [])]:
         found |= intents_used(child)
     return found
+
+
+def reads_text(spec: ConditionSpec | None) -> bool:
+    """Whether a condition reads the message's text (keywords, a regular expression)."""
+    if spec is None:
+        return False
+    if spec.keywords is not None or spec.regex is not None:
+        return True
+    return any(
+        reads_text(child) for child in [*(spec.all_ or []), *(spec.any_ or []), *([spec.not_] if spec.not_ else [])]
+    )

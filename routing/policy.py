@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from routing.conditions import Condition, Scratch, compile_condition, intents_used
+from routing.conditions import Condition, Scratch, compile_condition, intents_used, reads_text
 from routing.decision import Caps, Decision, RagOptions, RequestFeatures, Target, TargetKind
 from routing.spec import PolicySpec, ShadowSpec, SplitSpec, TargetSpec
 
@@ -92,6 +92,7 @@ class Policy:
     intents: IntentIndex | None
     needs_embedding: bool
     shadow: Shadow | None = None
+    reads_text: bool = False  # a condition reads the message's text (keywords, regex)
     # (rule, its bound test) pairs, made once: the hot loop then does no attribute look-ups
     checks: tuple[tuple[Rule, Callable[[Scratch], bool] | None], ...] = ()
 
@@ -202,6 +203,7 @@ def compile_policy(name: str, spec: PolicySpec, resolve: TargetResolver, intents
         intents=intents if needs_embedding else None,
         needs_embedding=needs_embedding,
         shadow=_shadow(spec.shadow, resolve),
+        reads_text=any(reads_text(rule.when) for rule in spec.rules),
     )
 
 

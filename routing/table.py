@@ -56,6 +56,11 @@ class RoutingTable:
             for entry in self.models.values()
         )
 
+    def reads_text(self, model: str) -> bool:
+        """Whether the policy called ``model`` has a condition on the message's text."""
+        entry = self.models.get(model)
+        return isinstance(entry, Policy) and entry.reads_text
+
     def needs_conversation(self, model: str) -> bool:
         entry = self.models.get(model)
         return isinstance(entry, Policy) and entry.needs_conversation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,3 +90,79 @@ def route_explain(
         raise fail(exc.message) from None
     except EmbedderError as exc:
         raise fail(str(exc)) from None
+
+
+@app.command("replay")
+def route_replay(
+    config: ConfigOption,
+    since: Annotated[str, typer.Option(metavar="SPAN", help="How far back: 30m, 24h, 7d.")] = "24h",
+    evidence: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="The evidence store (default: the configuration's shadows.store)."),
+    ] = None,
+    samples: Annotated[int, typer.Option(min=0, max=100, help="Sample requests shown per move.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Replay the recorded requests through the policies of --config (a candidate), before changing anything:
+    how many decisions would change, and to what, per rule, with sample requests.
+
+    The recorded requests are those sampled for shadow arms; each is decided again from the features routing
+    saw of it (its query embedding included). One that the candidate could only decide from its text
+    (keywords, regex, an intent not embedded then) is not replayable unless shadows.keep_texts kept the text.
+
+    Exit status: 0 with the replay printed; 2 when the configuration or the evidence store cannot be used, or
+    --since is not a span.
+    """
+    from gateway.embeddings import Embedder, EmbedderError
+    from gateway.evidence.replay import replay
+    from gateway.evidence.report import parse_since
+    from gateway.evidence.store import EvidenceStore
+    from gateway.routing_state import build_routing_table, policies_use_intents
+
+    settings = load_or_exit(config)
+    try:
+        span = parse_since(since)
+    except ValueError as exc:
+        raise fail(str(exc), USAGE) from None
+    path = evidence or settings.shadows.store
+    if not path.is_file():
+        raise fail(f"{path}: no evidence recorded there (turn on shadow arms in a policy first)", USAGE)
+    store = EvidenceStore(path, retention_days=settings.shadows.retention_days, max_rows=settings.shadows.max_rows,
+                          keep_texts=settings.shadows.keep_texts)  # fmt: skip
+    try:
+        records = store.read_requests(since=time.time() - span)
+    finally:
+        store.close()
+
+    async def run() -> dict[str, Any]:
+        embedder = Embedder(settings.embeddings) if policies_use_intents(settings) else None
+        if embedder is not None:
+            await embedder.start()
+        try:
+            table = await build_routing_table(settings, embedder)
+            embed = embedder.embed_texts if embedder is not None else None
+            return (await replay(records, table, embed, samples)).describe()
+        finally:
+            if embedder is not None:
+                embedder.close()
+
+    try:
+        found = asyncio.run(run())
+    except EmbedderError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    typer.echo(
+        f"{found['requests']} recorded requests in the last {since}: {found['changed']} would change, "
+        f"{found['unchanged']} would not, {found['not_replayable']} not replayable, "
+        f"{found['policy_gone']} of a policy the candidate lacks"
+    )
+    for rule, counts in found["by_rule"].items():
+        typer.echo(f"  {rule}: {counts['changed']} of {counts['requests']} would change")
+    for move in found["moves"]:
+        old, new = move["from"], move["to"]
+        typer.echo(
+            f"  {move['policy']}: {old['rule']} ({old['target']}) -> {new['rule']} ({new['target']}): "
+            f"{move['requests']} request(s), e.g. {', '.join(move['samples'])}"
+        )

@@ -33,7 +33,7 @@ from gateway.dispatch.backend import Backend, Call, PassToNextRule
 from gateway.dispatch.delivery import Delivery
 from gateway.dispatch.shadow_request import ShadowRequest
 from gateway.errors import QuotaExceeded, TurnoutError
-from gateway.evidence.store import ArmRow, EvidenceStore
+from gateway.evidence.store import ArmRow, EvidenceStore, RequestRecord
 from gateway.protocol.usage import generated_texts
 from routing import Target, TargetKind
 
@@ -132,6 +132,7 @@ class ShadowRunner:
             if row.agreement is not None:
                 self._metrics.shadow_agreement.labels(row.policy, row.arm).observe(row.agreement)
         await self.store.add(rows)
+        await self.store.add_request(_record(job.request))
 
     async def _arm(self, job: _Job, target: Target) -> ArmRow | None:
         request = job.request
@@ -249,6 +250,33 @@ def _row(
         best_score=max(scores) if scores else None,
         request_text=request.features.text,
         answer=answer,
+    )
+
+
+_CREDENTIALS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"})
+
+
+def _record(request: ShadowRequest) -> RequestRecord:
+    """What routing saw of the request, to replay it through another policy (never its credentials)."""
+    features, decision = request.features, request.decision
+    return RequestRecord(
+        at=request.at,
+        request_id=features.request_id,
+        policy=decision.policy or features.model,
+        rule=decision.rule,
+        target=decision.target.label,
+        features={
+            "model": features.model,
+            "tenant": features.tenant,
+            "headers": {k: v for k, v in features.headers.items() if k.lower() not in _CREDENTIALS},
+            "metadata": dict(features.metadata),
+            "user": features.user,
+            "message_count": features.message_count,
+            "token_estimate": features.token_estimate,
+            "conversation": features.conversation,
+        },
+        embedding=list(features.embedding) if features.embedding is not None else None,
+        text=features.text,
     )
 
 

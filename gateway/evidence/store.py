@@ -9,12 +9,15 @@ never waits on the disk; writes come from the shadow workers only, a few rows at
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _PRUNE_EVERY = 100  # rows added between two prunings
 
@@ -42,6 +45,21 @@ class ArmRow:
     answer: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What routing saw of a sampled request, for replaying it through another policy: its features (the
+    headers without credentials), its query embedding when it had one, the text only with keep_texts."""
+
+    at: float
+    request_id: str
+    policy: str
+    rule: str
+    target: str
+    features: dict[str, Any]  # model, tenant, headers, metadata, user, message_count, token_estimate, conversation
+    embedding: list[float] | None
+    text: str | None = None
+
+
 _COLUMNS = [f.name for f in fields(ArmRow)]
 _TYPES = {"at": "REAL NOT NULL", "primary": "INTEGER NOT NULL", "status": "INTEGER NOT NULL"}
 
@@ -60,6 +78,11 @@ class EvidenceStore:
         columns = ", ".join(f'"{name}" {_TYPES.get(name, "")}'.rstrip() for name in _COLUMNS)
         self._db.execute(f"CREATE TABLE IF NOT EXISTS arms ({columns})")
         self._db.execute("CREATE INDEX IF NOT EXISTS arms_at ON arms (at)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (at REAL NOT NULL, request_id TEXT, policy TEXT, rule TEXT, "
+            "target TEXT, features TEXT NOT NULL, embedding BLOB, text TEXT)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS requests_at ON requests (at)")
 
     async def add(self, rows: list[ArmRow]) -> None:
         await asyncio.to_thread(self._add, rows)
@@ -79,11 +102,37 @@ class EvidenceStore:
                 self._prune()
 
     def _prune(self) -> None:
-        self._db.execute("DELETE FROM arms WHERE at < ?", (time.time() - self._retention_s,))
-        self._db.execute(
-            "DELETE FROM arms WHERE rowid IN (SELECT rowid FROM arms ORDER BY at DESC LIMIT -1 OFFSET ?)",
-            (self._max_rows,),
-        )
+        for table in ("arms", "requests"):
+            self._db.execute(f"DELETE FROM {table} WHERE at < ?", (time.time() - self._retention_s,))
+            self._db.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY at DESC LIMIT -1 OFFSET ?)",
+                (self._max_rows,),
+            )
+
+    async def add_request(self, record: RequestRecord) -> None:
+        await asyncio.to_thread(self._add_request, record)
+
+    def _add_request(self, record: RequestRecord) -> None:
+        vector = np.asarray(record.embedding, dtype=np.float32).tobytes() if record.embedding is not None else None
+        text = record.text if self._keep_texts else None
+        values = (record.at, record.request_id, record.policy, record.rule, record.target,
+                  json.dumps(record.features, separators=(",", ":")), vector, text)  # fmt: skip
+        with self._lock:
+            self._db.execute("INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+
+    def read_requests(self, since: float | None = None) -> list[RequestRecord]:
+        """The sampled requests' records (from ``since``, unix time), oldest first."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT at, request_id, policy, rule, target, features, embedding, text FROM requests "
+                "WHERE at >= ? ORDER BY at, rowid",
+                (since or 0.0,),
+            ).fetchall()
+        return [
+            RequestRecord(at, request_id, policy, rule, target, json.loads(features),
+                          np.frombuffer(vector, dtype=np.float32).tolist() if vector is not None else None, text)
+            for at, request_id, policy, rule, target, features, vector, text in found
+        ]  # fmt: skip
 
     async def rows(self, since: float | None = None) -> list[ArmRow]:
         """Every row (from ``since``, unix time), oldest first."""
@@ -120,4 +169,4 @@ def _without_texts(row: ArmRow) -> ArmRow:
     return ArmRow(**values)
 
 
-__all__ = ["ArmRow", "EvidenceStore"]
+__all__ = ["ArmRow", "EvidenceStore", "RequestRecord"]

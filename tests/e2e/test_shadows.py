@@ -16,6 +16,7 @@ import httpx
 import localstack
 import openai
 import pytest
+import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.stack import BASE, gateway_config
@@ -122,6 +123,26 @@ def test_shadows_record_every_arm_and_leave_the_answer_alone(
     refused = httpx.get(shadowed.url + "/admin/report", params={"since": "yesterday"}, timeout=30)
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "since"
+
+    # replaying the recorded requests: the same policy changes nothing, a moved rule moves both
+    def replayed(config_file: Path) -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "route", "replay", "-c", str(config_file), "--since", "1h", "--json"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    same = replayed(shadowed.config_path)
+    assert (same["requests"], same["changed"]) == (2, 0)
+    candidate = yaml.safe_load(shadowed.config_path.read_text())
+    candidate["policies"]["bot"]["rules"][0]["target"] = "adapter:pirate"
+    moved_file = tmp_path / "candidate.yaml"
+    moved_file.write_text(yaml.safe_dump(candidate))
+    moved = replayed(moved_file)
+    assert moved["changed"] == 2
+    [move] = moved["moves"]
+    assert (move["from"]["target"], move["to"]["target"]) == ("adapter:formal", "adapter:pirate")
 
 
 def test_a_full_queue_drops_shadows_and_counts_them(

@@ -100,6 +100,7 @@ def test_every_command_is_covered() -> None:
         "adapters rollback",
         "adapters status",
         "route explain",
+        "route replay",
         "rag ingest",
         "rag list",
         "rag delete",
