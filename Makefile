@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: install tools bench-tools vllm-env assets demo demo-fleet test lint typecheck unit e2e bench bench-overhead \
-	bench-paths bench-fleet bench-soak chart-files embedder clean
+	bench-paths bench-fleet bench-soak bench-shadows chart-files embedder clean
 
 install: $(STAMP)
 
@@ -26,13 +26,16 @@ embedder: install
 	$(BIN)/python -m gateway.embeddings
 
 # promtool and prometheus (Debian's `prometheus` package) check the alert rules and dashboard queries and
-# run a real Prometheus in tests; redis-server (Debian's package) backs the shared quotas' tests. Installed
-# only when missing, with sudo only when not already root.
+# run a real Prometheus in tests; redis-server (Debian's package) backs the shared quotas' tests; chromium
+# (Debian's package) opens the shadow report's page headless. Installed only when missing, with sudo only
+# when not already root.
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null \
+	  && command -v chromium >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus redis-server; }
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus redis-server \
+	    chromium; }
 
 vllm-env:
 	bash deploy/local/vllm-env.sh >/dev/null
@@ -107,10 +110,15 @@ bench: install assets bench-tools
 	$(BIN)/python bench/rag.py
 	$(BIN)/python bench/adapter_load.py
 	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/shadows.py
 
 # One gateway at 300 requests/s for a minute: errors, memory growth, open files (about 80 s).
 bench-soak: install
 	$(BIN)/python bench/soak.py
+
+# The primary answer's latency with shadow arms on and off, in one run (about a minute).
+bench-shadows: install
+	$(BIN)/python bench/shadows.py
 
 clean:
 	rm -rf $(VENV) .turnout .mypy_cache .pytest_cache .ruff_cache

@@ -6,9 +6,11 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import READ, ComponentsDep, admin_identity
 from gateway.errors import InvalidRequest
+from gateway.evidence.html import render
 from gateway.evidence.report import parse_since, report
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_identity)])
@@ -26,18 +28,24 @@ async def circuits(parts: ComponentsDep) -> dict[str, Any]:
     return parts.circuits()
 
 
-@router.api_route("/report", methods=READ)
-async def evidence_report(parts: ComponentsDep, since: str = "24h") -> dict[str, Any]:
-    """Per policy and intent, each shadow arm's figures beside the primary's, and a recommendation."""
+@router.api_route("/report", methods=READ, response_model=None)
+async def evidence_report(
+    parts: ComponentsDep, since: str = "24h", format: str = "json"
+) -> dict[str, Any] | HTMLResponse:
+    """Per policy and intent, each shadow arm's figures beside the primary's, and a recommendation
+    (``format=html``: the self-contained page with plots)."""
     try:
         span = parse_since(since)
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="since") from None
+    if format not in ("json", "html"):
+        raise InvalidRequest(f"format must be json or html, not {format!r}", param="format")
     runner = parts.shadows
-    if not runner.config.store.exists():
-        return {"since": since, "groups": []}
-    rows = await runner.store.rows(since=time.time() - span)
-    return {"since": since, "groups": [group.describe() for group in report(rows)]}
+    rows = await runner.store.rows(since=time.time() - span) if runner.config.store.exists() else []
+    groups = report(rows)
+    if format == "html":
+        return HTMLResponse(render(groups, rows, since))
+    return {"since": since, "groups": [group.describe() for group in groups]}
 
 
 @router.post("/reload")

@@ -19,17 +19,24 @@ def report_command(
     max_error_rate: Annotated[float, typer.Option(min=0, max=1, help="Errors an arm may have.")] = 0.05,
     min_requests: Annotated[int, typer.Option(min=1, help="Requests a group needs.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    html_file: Annotated[
+        Path | None, typer.Option("--html", metavar="FILE", help="Also write the report as a page with plots.")
+    ] = None,
 ) -> None:
     """Per policy and intent (or rule), each shadow arm beside the primary answer: requests, p50 and p95
     latency, dollars per 1,000 requests, agreement with the primary answer, error rate; and a
     recommendation stating its numbers. Read from shadows.store, offline (GET /admin/report on a running
     gateway says the same).
 
+    With --html FILE the report is also written as one self-contained page (plots of latency, cost and
+    agreement per arm) that a browser opens from disk.
+
     Exit status: 0 with the report printed (empty when nothing is recorded yet); 2 when the configuration
-    cannot be used or --since is not a span.
+    cannot be used, --since is not a span, or the page cannot be written.
     """
+    from gateway.evidence.html import render
     from gateway.evidence.report import Thresholds, parse_since, report
-    from gateway.evidence.store import EvidenceStore
+    from gateway.evidence.store import ArmRow, EvidenceStore
 
     settings = load_or_exit(config)
     try:
@@ -38,6 +45,7 @@ def report_command(
         raise fail(str(exc), USAGE) from None
     path = settings.shadows.store
     groups = []
+    rows: list[ArmRow] = []
     if path.exists():
         store = EvidenceStore(path, retention_days=settings.shadows.retention_days, max_rows=settings.shadows.max_rows,
                               keep_texts=settings.shadows.keep_texts)  # fmt: skip
@@ -46,6 +54,11 @@ def report_command(
         finally:
             store.close()
         groups = report(rows, Thresholds(min_agreement, max_error_rate, min_requests))
+    if html_file is not None:
+        try:
+            html_file.write_text(render(groups, rows, since), encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"{html_file}: cannot write it ({exc.strerror or exc})", USAGE) from None
     if as_json:
         typer.echo(json.dumps({"since": since, "groups": [g.describe() for g in groups]}, indent=2))
         return

@@ -120,6 +120,10 @@ def test_shadows_record_every_arm_and_leave_the_answer_alone(
     )  # fmt: skip
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["groups"] == served["groups"]
+    page = httpx.get(shadowed.url + "/admin/report", params={"since": "1h", "format": "html"}, timeout=30)
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<h2>bot: rule all</h2>" in page.text
+    assert page.text.count("<svg") == 3
     refused = httpx.get(shadowed.url + "/admin/report", params={"since": "yesterday"}, timeout=30)
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "since"
