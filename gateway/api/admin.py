@@ -41,7 +41,7 @@ async def evidence_report(
     if format not in ("json", "html"):
         raise InvalidRequest(f"format must be json or html, not {format!r}", param="format")
     runner = parts.shadows
-    rows = await runner.store.rows(since=time.time() - span) if runner.config.store.exists() else []
+    rows = await runner.store.rows(since=time.time() - span) if runner.has_evidence() else []
     groups = report(rows)
     if format == "html":
         return HTMLResponse(render(groups, rows, since))

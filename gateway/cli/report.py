@@ -36,19 +36,21 @@ def report_command(
     """
     from gateway.evidence.html import render
     from gateway.evidence.report import Thresholds, parse_since, report
-    from gateway.evidence.store import ArmRow, EvidenceStore
+    from gateway.evidence.store import ArmRow
+    from gateway.evidence.stores import has_evidence, open_evidence
 
     settings = load_or_exit(config)
     try:
         span = parse_since(since)
     except ValueError as exc:
         raise fail(str(exc), USAGE) from None
-    path = settings.shadows.store
     groups = []
     rows: list[ArmRow] = []
-    if path.exists():
-        store = EvidenceStore(path, retention_days=settings.shadows.retention_days, max_rows=settings.shadows.max_rows,
-                              keep_texts=settings.shadows.keep_texts)  # fmt: skip
+    if has_evidence(settings.shadows):
+        try:
+            store = open_evidence(settings.shadows)
+        except Exception as exc:  # psycopg's own errors: the database cannot be reached
+            raise fail(f"the evidence store cannot be opened: {exc}", USAGE) from None
         try:
             rows = store.read(since=time.time() - span)
         finally:
@@ -63,7 +65,7 @@ def report_command(
         typer.echo(json.dumps({"since": since, "groups": [g.describe() for g in groups]}, indent=2))
         return
     if not groups:
-        typer.echo(f"nothing recorded in the last {since} ({path}): turn on shadow arms in a policy (see the README)")
+        typer.echo(f"nothing recorded in the last {since}: turn on shadow arms in a policy (see the README)")
         return
     from rich.console import Console
     from rich.table import Table

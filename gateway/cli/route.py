@@ -98,7 +98,7 @@ def route_replay(
     since: Annotated[str, typer.Option(metavar="SPAN", help="How far back: 30m, 24h, 7d.")] = "24h",
     evidence: Annotated[
         Path | None,
-        typer.Option(metavar="FILE", help="The evidence store (default: the configuration's shadows.store)."),
+        typer.Option(metavar="FILE", help="A SQLite evidence file (default: the configuration's store)."),
     ] = None,
     samples: Annotated[int, typer.Option(min=0, max=100, help="Sample requests shown per move.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
@@ -116,7 +116,7 @@ def route_replay(
     from gateway.embeddings import Embedder, EmbedderError
     from gateway.evidence.replay import replay
     from gateway.evidence.report import parse_since
-    from gateway.evidence.store import EvidenceStore
+    from gateway.evidence.stores import has_evidence, open_evidence
     from gateway.routing_state import build_routing_table, policies_use_intents
 
     settings = load_or_exit(config)
@@ -124,11 +124,14 @@ def route_replay(
         span = parse_since(since)
     except ValueError as exc:
         raise fail(str(exc), USAGE) from None
-    path = evidence or settings.shadows.store
-    if not path.is_file():
-        raise fail(f"{path}: no evidence recorded there (turn on shadow arms in a policy first)", USAGE)
-    store = EvidenceStore(path, retention_days=settings.shadows.retention_days, max_rows=settings.shadows.max_rows,
-                          keep_texts=settings.shadows.keep_texts)  # fmt: skip
+    if evidence is None and not has_evidence(settings.shadows):
+        raise fail(f"{settings.shadows.store}: no evidence recorded there (turn on shadow arms first)", USAGE)
+    if evidence is not None and not evidence.is_file():
+        raise fail(f"{evidence}: no evidence recorded there", USAGE)
+    try:
+        store = open_evidence(settings.shadows, evidence)
+    except Exception as exc:  # psycopg's own errors: the database cannot be reached
+        raise fail(f"the evidence store cannot be opened: {exc}", USAGE) from None
     try:
         records = store.read_requests(since=time.time() - span)
     finally:

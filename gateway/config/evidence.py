@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from gateway.config.fields import Section
 
@@ -22,11 +22,23 @@ class ShadowsConfig(Section):
         Path("turnout-evidence.sqlite"),
         description="The SQLite file where every arm's figures are kept (relative to the configuration file).",
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="A postgresql:// URL: keep the rows in PostgreSQL instead, one database for every gateway "
+        "replica (better TURNOUT_SHADOWS__DATABASE_URL: it may hold a password).",
+    )
     retention_days: float = Field(30.0, gt=0, description="Rows older than this are deleted.")
     max_rows: int = Field(1_000_000, ge=100, description="Most rows kept; the oldest go first.")
     keep_texts: bool = Field(
         False, description="Also keep the request's text and each arm's answer (off: figures and intents only)."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL")
+        return value
 
 
 __all__ = ["ShadowsConfig"]

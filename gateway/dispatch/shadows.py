@@ -33,7 +33,8 @@ from gateway.dispatch.backend import Backend, Call, PassToNextRule
 from gateway.dispatch.delivery import Delivery
 from gateway.dispatch.shadow_request import ShadowRequest
 from gateway.errors import QuotaExceeded, TurnoutError
-from gateway.evidence.store import ArmRow, EvidenceStore, RequestRecord
+from gateway.evidence.store import ArmRow, RequestRecord
+from gateway.evidence.stores import Evidence, has_evidence, open_evidence
 from gateway.protocol.usage import generated_texts
 from routing import Target, TargetKind
 
@@ -66,21 +67,18 @@ class ShadowRunner:
         self._quotas = quotas
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(config.queue_size)
         self._workers: list[asyncio.Task[None]] = []
-        self._store: EvidenceStore | None = None
+        self._store: Evidence | None = None
         self.embedder: Embedder | None = None
 
     @property
-    def store(self) -> EvidenceStore:
+    def store(self) -> Evidence:
         """The evidence store, opened on first use (a gateway without shadows never creates the file)."""
         if self._store is None:
-            config = self.config
-            self._store = EvidenceStore(
-                config.store,
-                retention_days=config.retention_days,
-                max_rows=config.max_rows,
-                keep_texts=config.keep_texts,
-            )
+            self._store = open_evidence(self.config)
         return self._store
+
+    def has_evidence(self) -> bool:
+        return self._store is not None or has_evidence(self.config)
 
     def offer(self, completion: Completion, charges: Sequence[Charge]) -> bool:
         """Queue a delivered completion's shadow arms; False (and counted) when the queue is full."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-_PRUNE_EVERY = 100  # rows added between two prunings
+PRUNE_EVERY = 100  # rows added between two prunings
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class RequestRecord:
     text: str | None = None
 
 
-_COLUMNS = [f.name for f in fields(ArmRow)]
+COLUMNS = [f.name for f in fields(ArmRow)]
 _TYPES = {"at": "REAL NOT NULL", "primary": "INTEGER NOT NULL", "status": "INTEGER NOT NULL"}
 
 
@@ -75,7 +75,7 @@ class EvidenceStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        columns = ", ".join(f'"{name}" {_TYPES.get(name, "")}'.rstrip() for name in _COLUMNS)
+        columns = ", ".join(f'"{name}" {_TYPES.get(name, "")}'.rstrip() for name in COLUMNS)
         self._db.execute(f"CREATE TABLE IF NOT EXISTS arms ({columns})")
         self._db.execute("CREATE INDEX IF NOT EXISTS arms_at ON arms (at)")
         self._db.execute(
@@ -89,15 +89,15 @@ class EvidenceStore:
 
     def _add(self, rows: list[ArmRow]) -> None:
         if not self._keep_texts:
-            rows = [_without_texts(row) for row in rows]
-        marks = ", ".join("?" for _ in _COLUMNS)
-        names = ", ".join(f'"{name}"' for name in _COLUMNS)
+            rows = [without_texts(row) for row in rows]
+        marks = ", ".join("?" for _ in COLUMNS)
+        names = ", ".join(f'"{name}"' for name in COLUMNS)
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(f"INSERT INTO arms ({names}) VALUES ({marks})", [astuple(row) for row in rows])
             self._db.execute("COMMIT")
             self._added += len(rows)
-            if self._added >= _PRUNE_EVERY:
+            if self._added >= PRUNE_EVERY:
                 self._added = 0
                 self._prune()
 
@@ -139,12 +139,12 @@ class EvidenceStore:
         return await asyncio.to_thread(self.read, since)
 
     def read(self, since: float | None = None) -> list[ArmRow]:
-        names = ", ".join(f'"{name}"' for name in _COLUMNS)
+        names = ", ".join(f'"{name}"' for name in COLUMNS)
         with self._lock:
             found = self._db.execute(
                 f"SELECT {names} FROM arms WHERE at >= ? ORDER BY at, rowid", (since or 0.0,)
             ).fetchall()
-        return [_row(values) for values in found]
+        return [row_of(values) for values in found]
 
     def prune(self) -> None:
         with self._lock:
@@ -155,16 +155,16 @@ class EvidenceStore:
             self._db.close()
 
 
-def _row(values: tuple[Any, ...]) -> ArmRow:
-    named: dict[str, Any] = dict(zip(_COLUMNS, values, strict=True))
+def row_of(values: tuple[Any, ...]) -> ArmRow:
+    named: dict[str, Any] = dict(zip(COLUMNS, values, strict=True))
     named["primary"] = bool(named["primary"])
     return ArmRow(**named)
 
 
-def _without_texts(row: ArmRow) -> ArmRow:
+def without_texts(row: ArmRow) -> ArmRow:
     if row.request_text is None and row.answer is None:
         return row
-    values = dict(zip(_COLUMNS, astuple(row), strict=True))
+    values = dict(zip(COLUMNS, astuple(row), strict=True))
     values.update(request_text=None, answer=None)
     return ArmRow(**values)
 

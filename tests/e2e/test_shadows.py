@@ -19,6 +19,7 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.support.postgres_server import PostgresServer
 from tests.support.stack import BASE, gateway_config
 from tests.support.waiting import until
 
@@ -175,3 +176,41 @@ def test_a_full_queue_drops_shadows_and_counts_them(
         lambda: len({r["request_id"] for r in _rows(store)}) + dropped() == 8, lambda: None, lambda: str(_rows(store))
     )
     assert len(recorded) < 8
+
+
+def test_two_gateways_share_one_postgresql_evidence_store(
+    vllm: Any, assets: Path, start_gateway: Any, tmp_path: Path
+) -> None:
+    with PostgresServer() as postgres:
+        config = _config(vllm.url, assets, tmp_path / "unused.sqlite", database_url=postgres.url)
+        gateways = [start_gateway(config), start_gateway(config)]
+        for gateway in gateways:
+            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            _answer(client, stream=False)
+        config_file = gateways[0].config_path
+
+        def reported() -> dict[str, Any]:
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", "report", "-c", str(config_file), "--since", "1h", "--json"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return dict(json.loads(done.stdout))
+
+        def arms() -> dict[str, int]:
+            groups = reported()["groups"]
+            return {arm["arm"]: arm["requests"] for group in groups for arm in group["arms"]}
+
+        until(lambda: arms().get(f"base:{BASE}") == 2, lambda: None, lambda: str(reported()))
+        assert arms() == {"adapter:formal": 2, "adapter:terse": 2, f"base:{BASE}": 2}  # one request from each gateway
+        assert not (tmp_path / "unused.sqlite").exists()
+        served = httpx.get(gateways[1].url + "/admin/report", params={"since": "1h"}, timeout=30).json()
+        assert served["groups"] == reported()["groups"]
+        replayed = subprocess.run(
+            [sys.executable, "-m", "gateway", "route", "replay", "-c", str(config_file), "--since", "1h", "--json"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert replayed.returncode == 0, replayed.stderr
+        assert (json.loads(replayed.stdout)["requests"], json.loads(replayed.stdout)["changed"]) == (2, 0)
+        for gateway in gateways:
+            gateway.stop()  # before the database goes

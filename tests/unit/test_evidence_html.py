@@ -29,8 +29,19 @@ def _rows() -> list[ArmRow]:
     for i in range(30):
         for intent in ("pricing", "returns"):
             rows.append(replace(ROW, request_id=f"{intent}{i}", intent=intent, seconds=0.1 + i / 1000))
-            rows.append(replace(ROW, request_id=f"{intent}{i}", intent=intent, arm="rag:handbook+adapter:formal",
-                                primary=False, seconds=0.25, usd=0.0008, agreement=0.8 + (i % 5) / 25, citations=3))
+            rows.append(
+                replace(
+                    ROW,
+                    request_id=f"{intent}{i}",
+                    intent=intent,
+                    arm="rag:handbook+adapter:formal",
+                    primary=False,
+                    seconds=0.25,
+                    usd=0.0008,
+                    agreement=0.8 + (i % 5) / 25,
+                    citations=3,
+                )
+            )
     return rows  # fmt: skip
 
 
