@@ -64,25 +64,28 @@ COLUMNS = [f.name for f in fields(ArmRow)]
 _TYPES = {"at": "REAL NOT NULL", "primary": "INTEGER NOT NULL", "status": "INTEGER NOT NULL"}
 
 
-class EvidenceStore:
-    def __init__(self, path: Path, *, retention_days: float, max_rows: int, keep_texts: bool) -> None:
-        self.path = path
+class SqlEvidence:
+    """What both stores do, in SQL: each subclass opens its connection, creates its tables and says how its
+    database writes a parameter, names its tables, runs a transaction and deletes past the size bound."""
+
+    mark = "?"  # a parameter in the database's SQL
+    arms, requests = "arms", "requests"
+    order = "at"  # rows come back oldest first (SQLite adds its rowid: the arms of one request in turn)
+
+    def __init__(self, db: Any, *, retention_days: float, max_rows: int, keep_texts: bool) -> None:
+        self._db = db
         self._retention_s = retention_days * 86_400
         self._max_rows = max_rows
         self._keep_texts = keep_texts
         self._lock = threading.Lock()
         self._added = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        columns = ", ".join(f'"{name}" {_TYPES.get(name, "")}'.rstrip() for name in COLUMNS)
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS arms ({columns})")
-        self._db.execute("CREATE INDEX IF NOT EXISTS arms_at ON arms (at)")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS requests (at REAL NOT NULL, request_id TEXT, policy TEXT, rule TEXT, "
-            "target TEXT, features TEXT NOT NULL, embedding BLOB, text TEXT)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS requests_at ON requests (at)")
+
+    def _transaction(self, sql: str, values: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def _past_the_bound(self, table: str) -> str:
+        """A statement deleting ``table``'s rows beyond the newest (one parameter: how many are kept)."""
+        raise NotImplementedError
 
     async def add(self, rows: list[ArmRow]) -> None:
         await asyncio.to_thread(self._add, rows)
@@ -90,24 +93,19 @@ class EvidenceStore:
     def _add(self, rows: list[ArmRow]) -> None:
         if not self._keep_texts:
             rows = [without_texts(row) for row in rows]
-        marks = ", ".join("?" for _ in COLUMNS)
+        marks = ", ".join(self.mark for _ in COLUMNS)
         names = ", ".join(f'"{name}"' for name in COLUMNS)
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(f"INSERT INTO arms ({names}) VALUES ({marks})", [astuple(row) for row in rows])
-            self._db.execute("COMMIT")
+            self._transaction(f"INSERT INTO {self.arms} ({names}) VALUES ({marks})", [astuple(r) for r in rows])
             self._added += len(rows)
             if self._added >= PRUNE_EVERY:
                 self._added = 0
                 self._prune()
 
     def _prune(self) -> None:
-        for table in ("arms", "requests"):
-            self._db.execute(f"DELETE FROM {table} WHERE at < ?", (time.time() - self._retention_s,))
-            self._db.execute(
-                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY at DESC LIMIT -1 OFFSET ?)",
-                (self._max_rows,),
-            )
+        for table in (self.arms, self.requests):
+            self._db.execute(f"DELETE FROM {table} WHERE at < {self.mark}", (time.time() - self._retention_s,))
+            self._db.execute(self._past_the_bound(table), (self._max_rows,))
 
     async def add_request(self, record: RequestRecord) -> None:
         await asyncio.to_thread(self._add_request, record)
@@ -117,20 +115,22 @@ class EvidenceStore:
         text = record.text if self._keep_texts else None
         values = (record.at, record.request_id, record.policy, record.rule, record.target,
                   json.dumps(record.features, separators=(",", ":")), vector, text)  # fmt: skip
+        marks = ", ".join(self.mark for _ in values)
         with self._lock:
-            self._db.execute("INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+            self._db.execute(f"INSERT INTO {self.requests} VALUES ({marks})", values)
 
     def read_requests(self, since: float | None = None) -> list[RequestRecord]:
         """The sampled requests' records (from ``since``, unix time), oldest first."""
         with self._lock:
             found = self._db.execute(
-                "SELECT at, request_id, policy, rule, target, features, embedding, text FROM requests "
-                "WHERE at >= ? ORDER BY at, rowid",
+                "SELECT at, request_id, policy, rule, target, features, embedding, text "
+                f"FROM {self.requests} WHERE at >= {self.mark} ORDER BY {self.order}",
                 (since or 0.0,),
             ).fetchall()
         return [
             RequestRecord(at, request_id, policy, rule, target, json.loads(features),
-                          np.frombuffer(vector, dtype=np.float32).tolist() if vector is not None else None, text)
+                          np.frombuffer(bytes(vector), dtype=np.float32).tolist() if vector is not None else None,
+                          text)
             for at, request_id, policy, rule, target, features, vector, text in found
         ]  # fmt: skip
 
@@ -142,9 +142,9 @@ class EvidenceStore:
         names = ", ".join(f'"{name}"' for name in COLUMNS)
         with self._lock:
             found = self._db.execute(
-                f"SELECT {names} FROM arms WHERE at >= ? ORDER BY at, rowid", (since or 0.0,)
+                f"SELECT {names} FROM {self.arms} WHERE at >= {self.mark} ORDER BY {self.order}", (since or 0.0,)
             ).fetchall()
-        return [row_of(values) for values in found]
+        return [row_of(tuple(values)) for values in found]
 
     def prune(self) -> None:
         with self._lock:
@@ -153,6 +153,35 @@ class EvidenceStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class EvidenceStore(SqlEvidence):
+    """The embedded default: a SQLite file (WAL mode)."""
+
+    order = "at, rowid"
+
+    def __init__(self, path: Path, *, retention_days: float, max_rows: int, keep_texts: bool) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        super().__init__(db, retention_days=retention_days, max_rows=max_rows, keep_texts=keep_texts)
+        db.execute("PRAGMA journal_mode=WAL")
+        columns = ", ".join(f'"{name}" {_TYPES.get(name, "")}'.rstrip() for name in COLUMNS)
+        db.execute(f"CREATE TABLE IF NOT EXISTS arms ({columns})")
+        db.execute("CREATE INDEX IF NOT EXISTS arms_at ON arms (at)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (at REAL NOT NULL, request_id TEXT, policy TEXT, rule TEXT, "
+            "target TEXT, features TEXT NOT NULL, embedding BLOB, text TEXT)"
+        )
+        db.execute("CREATE INDEX IF NOT EXISTS requests_at ON requests (at)")
+
+    def _transaction(self, sql: str, values: list[tuple[Any, ...]]) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany(sql, values)
+        self._db.execute("COMMIT")
+
+    def _past_the_bound(self, table: str) -> str:
+        return f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY at DESC LIMIT -1 OFFSET ?)"
 
 
 def row_of(values: tuple[Any, ...]) -> ArmRow:
@@ -169,4 +198,4 @@ def without_texts(row: ArmRow) -> ArmRow:
     return ArmRow(**values)
 
 
-__all__ = ["ArmRow", "EvidenceStore", "RequestRecord"]
+__all__ = ["ArmRow", "EvidenceStore", "RequestRecord", "SqlEvidence"]
