@@ -214,3 +214,29 @@ def test_two_gateways_share_one_postgresql_evidence_store(
         assert (json.loads(replayed.stdout)["requests"], json.loads(replayed.stdout)["changed"]) == (2, 0)
         for gateway in gateways:
             gateway.stop()  # before the database goes
+
+
+def test_a_rag_arm_records_its_citations_and_best_score(
+    vllm: Any, assets: Path, start_gateway: Any, tmp_path: Path
+) -> None:
+    store = tmp_path / "evidence.sqlite"
+    config = _config(vllm.url, assets, store)
+    config["rag"] = {
+        "store": {"path": str(tmp_path / "qdrant")},
+        "collections": {"kb": {"top_k": 2, "score_threshold": 0.2}},
+    }
+    config["policies"]["bot"]["rules"][0]["shadow"] = {"targets": ["rag:kb+adapter:formal"], "sample": 1.0}
+    gateway = start_gateway(config)
+    document = {"id": "sea", "title": "The sea", "text": "The sea is wide and salty; waves roll onto the shore."}
+    added = httpx.post(gateway.url + "/v1/rag/collections/kb/documents", json={"documents": [document]}, timeout=120)
+    assert added.status_code == 200, added.text
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    _answer(client, stream=False)
+    until(lambda: len(_rows(store)) == 2, lambda: None, lambda: str(_rows(store)))
+    primary, rag = _rows(store)
+    assert (primary["arm"], rag["arm"]) == ("adapter:formal", "rag:kb+adapter:formal")
+    assert rag["status"] == 200
+    assert rag["citations"] >= 1
+    assert 0.2 <= rag["best_score"] <= 1.0
+    assert rag["prompt_tokens"] > primary["prompt_tokens"]  # the retrieved context was in its prompt
+    assert -1.0 <= rag["agreement"] <= 1.0
