@@ -32,7 +32,7 @@ from gateway.config.evidence import ShadowsConfig
 from gateway.dispatch.backend import Backend, Call, PassToNextRule
 from gateway.dispatch.delivery import Delivery
 from gateway.dispatch.shadow_request import ShadowRequest
-from gateway.errors import QuotaExceeded, TurnoutError
+from gateway.errors import TurnoutError
 from gateway.evidence.store import ArmRow, RequestRecord
 from gateway.evidence.stores import Evidence, has_evidence, open_evidence
 from gateway.protocol.usage import generated_texts
@@ -140,9 +140,10 @@ class ShadowRunner:
         ledger.trying(target)
         if job.charges:
             tokens, dollars = ledger.most_it_may_use([target], self._quotas.reserve_output_tokens)
-            try:
+            try:  # a shadow call is a request like any other: its requests per minute, tokens and dollars
+                await self._quotas.admit(job.charges)
                 hold = await self._quotas.hold(job.charges, tokens, dollars)
-            except (QuotaExceeded, TurnoutError):
+            except TurnoutError:  # used up (QuotaExceeded), or the store refused (closed)
                 ledger.finish(429)
                 self._metrics.shadow_requests.labels(policy, rule, target.label, "quota").inc()
                 return None

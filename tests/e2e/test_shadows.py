@@ -240,3 +240,22 @@ def test_a_rag_arm_records_its_citations_and_best_score(
     assert 0.2 <= rag["best_score"] <= 1.0
     assert rag["prompt_tokens"] > primary["prompt_tokens"]  # the retrieved context was in its prompt
     assert -1.0 <= rag["agreement"] <= 1.0
+
+
+def test_shadow_calls_count_against_the_callers_quota(
+    vllm: Any, assets: Path, start_gateway: Any, tmp_path: Path
+) -> None:
+    store = tmp_path / "evidence.sqlite"
+    config = _config(vllm.url, assets, store)
+    config["auth"] = {"keys": [{"key": "sk-quota", "quota": {"requests_per_minute": 2}}]}
+    gateway = start_gateway(config)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-quota", max_retries=0, timeout=120)
+    _answer(client, stream=False)  # the request is the first of two a minute; its first arm the second
+
+    def quota() -> float:
+        samples = localstack.scrape_metrics(gateway.url)
+        return localstack.metric_total(samples, "turnout_shadow_requests_total", outcome="quota")
+
+    until(lambda: quota() == 1, lambda: None, lambda: str(_rows(store)))
+    until(lambda: len(_rows(store)) == 2, lambda: None, lambda: str(_rows(store)))
+    assert [row["arm"] for row in _rows(store)] == ["adapter:formal", "adapter:terse"]  # the second arm: refused
