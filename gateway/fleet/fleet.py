@@ -109,7 +109,12 @@ class Fleet:
         else:
             with _surviving(f"discovering the replicas of {discovery.dns}"):
                 await self._discover()
-        results = await asyncio.gather(*(r.adapters.sync() for r in self._replicas), return_exceptions=True)
+        # Bounded as the probes are: a vLLM that accepts connections and never answers must not hold the gateway's
+        # start-up for the read timeout meant for completions (it is then simply not healthy yet).
+        timeout = self.config.health.timeout_s
+        results = await asyncio.gather(
+            *(r.adapters.sync(timeout_s=timeout) for r in self._replicas), return_exceptions=True
+        )
         for replica, result in zip(self._replicas, results, strict=True):
             if isinstance(result, TurnoutError):
                 # Not fatal: vLLM may start after the gateway; residency is learnt on first use then.

@@ -116,6 +116,7 @@ class FaultyUpstream:
         self.unloads: list[str] = []
         self.models_reads = 0
         self.stall = False  # hold every completion, headers included, until the client hangs up
+        self.stall_models = False  # accept GET /v1/models and never answer it (a wedged server)
         self.refuse_loads: set[str] = set()  # adapters this server fails to load (500)
         self.hold_loads = False  # loads wait until release_loads()
         self.lru: int | None = None  # at most this many adapters; loading another forgets the least recently used
@@ -192,6 +193,9 @@ class FaultyUpstream:
             await self._unload(await _json_body(receive), send)
         elif method == "GET" and path == "/v1/models":
             self.models_reads += 1
+            if self.stall_models:
+                await _disconnect(receive)
+                return
             await _respond(send, 200, self._models())
         else:
             await self.inner(scope, receive, send)

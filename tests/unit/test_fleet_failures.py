@@ -222,3 +222,17 @@ async def test_adapters_status_exit_status(adapter_dir: Path, tmp_path: Path) ->
 
 def _status(config: str, url: str, *extra: str) -> Any:
     return CliRunner().invoke(app, ["adapters", "status", "--config", config, "--gateway", url, *extra])
+
+
+async def test_a_vllm_that_accepts_but_never_answers_does_not_hold_up_start_up(adapter_dir: Path) -> None:
+    async with replicas(1) as [wedged]:
+        wedged.stall_models = True  # the connection is accepted; /v1/models never answered
+        config = gateway_config(
+            [wedged.url], adapter_dir, vllm={"health": {**NO_PROBES, "timeout_s": 0.5}, "read_timeout_s": 600}
+        )
+        # The start-up read is bounded by health.timeout_s, not by the 600 s a completion may take to be read:
+        # without that bound this block would wait ten minutes (the safety bound below turns that into a failure).
+        async with asyncio.timeout(60), serve_gateway(config) as gateway:
+            assert wedged.models_reads >= 1
+            answer = await gateway.http.get("/health")
+            assert answer.status_code == 200
