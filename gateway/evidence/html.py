@@ -71,7 +71,7 @@ def _group(number: int, group: Group, agreements: dict[tuple[str, str, str], lis
             "<table><tr><th>arm</th><th>requests</th><th>p50 ms</th><th>p95 ms</th><th>$ / 1k requests</th>"
             f"<th>agreement</th><th>errors</th></tr>{rows}</table>",
             '<div class="plots">',
-            _figure("latency", "Latency per arm: p50 (dark) and p95 (light), ms", _latency(group.arms)),
+            _figure("latency", "Latency per arm: p50 (dark) / p95 (light), ms", _latency(group.arms)),
             _figure("cost", "US dollars per 1,000 requests per arm", _cost(group.arms)),
             _figure("agreement", "Agreement with the primary answer: requests per tenth", _histograms(distributions)),
             "</div></section>",
@@ -92,11 +92,12 @@ def _bars(labels: list[str], series: list[tuple[list[float], str]], unit: str) -
         y = 5 + index * _ROW
         shapes.append(f'<text x="0" y="{y + 16}">{html.escape(label[:34])}</text>')
         for values, color in series:
-            width = max(1.0, (_WIDTH - _LABEL - 70) * values[index] / top)
+            width = max(1.0, (_WIDTH - _LABEL - 120) * values[index] / top)
             shapes.append(f'<rect x="{_LABEL}" y="{y + 3}" width="{width:.1f}" height="{_ROW - 8}" fill="{color}"/>')
-        value = series[0][0][index]
-        shapes.append(f'<text x="{_LABEL + 6 + (_WIDTH - _LABEL - 70) * value / top:.1f}" y="{y + 16}">'
-                      f"{value:.4g}{unit}</text>")  # fmt: skip
+        widest = max(values[index] for values, _ in series)
+        said = " / ".join(f"{values[index]:.4g}" for values, _ in reversed(series))  # p50 / p95 for latency
+        shapes.append(f'<text x="{_LABEL + 6 + (_WIDTH - _LABEL - 120) * widest / top:.1f}" y="{y + 16}">'
+                      f"{said}{unit}</text>")  # fmt: skip
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}">{"".join(shapes)}</svg>'
 
 
