@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -112,12 +112,6 @@ class ShadowRunner:
                 await self._run(job)
             except Exception:  # a bug in one job must not stop the worker
                 log.exception("shadow arms of request %s failed", job.request.features.request_id)
-            finally:
-                self._queue.task_done()
-
-    async def drain(self) -> None:
-        """Wait until every queued job has run (tests, and shutdown)."""
-        await self._queue.join()
 
     async def _run(self, job: _Job) -> None:
         rows = [job.primary]
@@ -201,7 +195,7 @@ class ShadowRunner:
         unit = vectors / norms[:, None]
         for position, index in enumerate(answered, start=1):
             agreement = float(np.clip(unit[0] @ unit[position], -1.0, 1.0))
-            rows[index] = _with_agreement(rows[index], round(agreement, 6))
+            rows[index] = replace(rows[index], agreement=round(agreement, 6))
 
     async def aclose(self) -> None:
         for worker in self._workers:
@@ -277,12 +271,6 @@ def _record(request: ShadowRequest) -> RequestRecord:
         embedding=list(features.embedding) if features.embedding is not None else None,
         text=features.text,
     )
-
-
-def _with_agreement(row: ArmRow, agreement: float) -> ArmRow:
-    from dataclasses import replace
-
-    return replace(row, agreement=agreement)
 
 
 __all__ = ["ShadowRequest", "ShadowRunner"]

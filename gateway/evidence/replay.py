@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.evidence.store import RequestRecord
@@ -86,7 +86,7 @@ async def replay(
                 result.not_replayable += 1
                 continue
             [vector] = await embed([record.text])
-            features = _with_embedding(features, vector)
+            features = replace(features, embedding=list(vector))
         decision = decide(features, table)
         assert decision is not None
         if (decision.rule, decision.target.label) == (record.rule, record.target):
@@ -119,12 +119,6 @@ def _features(record: RequestRecord) -> RequestFeatures:
         request_id=record.request_id,
         conversation=found.get("conversation"),
     )
-
-
-def _with_embedding(features: RequestFeatures, vector: Sequence[float]) -> RequestFeatures:
-    from dataclasses import replace
-
-    return replace(features, embedding=list(vector))
 
 
 __all__ = ["Move", "Replay", "replay"]

@@ -146,10 +146,6 @@ class SqlEvidence:
             ).fetchall()
         return [row_of(tuple(values)) for values in found]
 
-    def prune(self) -> None:
-        with self._lock:
-            self._prune()
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
