@@ -9,16 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from gateway.cli.common import USAGE, fail, group, load_or_exit
-from gateway.finetune.check import (
-    AdapterEstimate,
-    CheckReport,
-    OpenAIEstimate,
-    check,
-    default_epochs,
-    training_context,
-    training_price,
-)
-from gateway.finetune.dataset import read_dataset
+from gateway.config.model import CostsConfig
+from gateway.finetune.check import CheckReport, check, estimate_training, training_context
+from gateway.finetune.dataset import Dataset, read_dataset
 from gateway.finetune.tokens import ChatTemplateCounter, OpenAICounter, TokenCounter, base_of
 
 app = group("From a training file to a route: check it, and estimate what training on it costs.")
@@ -39,12 +32,15 @@ BaseOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _read(file: Path, counter: TokenCounter) -> CheckReport:
+def _dataset(file: Path) -> Dataset:
     try:
-        dataset = read_dataset(file)
+        return read_dataset(file)
     except OSError as exc:
         raise fail(f"{file}: cannot read it ({exc.strerror or exc})", USAGE) from None
-    return check(dataset, counter)
+
+
+def _read(file: Path, counter: TokenCounter) -> CheckReport:
+    return check(_dataset(file), counter)
 
 
 def _counter(model: str, base: Path | None) -> TokenCounter:
@@ -130,35 +126,23 @@ def finetune_estimate(
     2 when the file, the configuration or the base model cannot be read, or no training price is known.
     """
     settings = load_or_exit(config) if config is not None else None
-    costs = settings.costs if settings is not None else None
+    costs = settings.costs if settings is not None else CostsConfig()
     if base is None and settings is not None:
         base = settings.base_model.path
-    openai_report = _read(file, _counter(model, None))
+    dataset = _dataset(file)
+    openai_report = check(dataset, _counter(model, None))
     if not openai_report.usable:
         raise fail(f"{file} cannot be trained on as it is: run turnout finetune check {file}")
-    rows: list[dict[str, Any]] = []
-    count = len(openai_report.tokens)
-    passes = epochs if epochs is not None else default_epochs(count)
-    price = training_price(base_of(model), costs.openai.training_usd_per_1m_tokens if costs else {})
-    if price is None:
+    adapter_tokens = check(dataset, _counter(model, base)).billed_tokens() if base is not None else None
+    found = estimate_training(openai_report, model, costs, epochs, adapter_tokens, str(base or ""))
+    if found.openai is None:
         raise fail(
             f"no training price is known for {model}: set costs.openai.training_usd_per_1m_tokens.{model} in the "
             "configuration (--config)",
             USAGE,
         )
-    rows.append(OpenAIEstimate(model, openai_report.billed_tokens(), passes, price).describe())
-    if base is not None:
-        adapter_report = _read(file, _counter(model, base))
-        vllm = costs.vllm if costs is not None else None
-        rows.append(
-            AdapterEstimate(
-                str(base),
-                adapter_report.billed_tokens(),
-                passes,
-                vllm.training_tokens_per_second if vllm else 2000.0,
-                vllm.gpu_hour_usd if vllm else 0.0,
-            ).describe()
-        )
+    count, passes = len(openai_report.tokens), found.epochs
+    rows = [estimate.describe() for estimate in (found.openai, found.adapter) if estimate is not None]
     if as_json:
         typer.echo(json.dumps({"file": str(file), "examples": count, "estimates": rows}, indent=2))
         return

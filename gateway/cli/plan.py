@@ -78,14 +78,7 @@ def plan_command(
 
 def _training(file: Path, epochs: int | None, openai_model: str, settings: TurnoutConfig) -> Training:
     """What training on ``file`` costs, as ``turnout finetune estimate`` prices it."""
-    from gateway.finetune.check import (
-        AdapterEstimate,
-        OpenAIEstimate,
-        check,
-        default_epochs,
-        training_context,
-        training_price,
-    )
+    from gateway.finetune.check import check, estimate_training, training_context
     from gateway.finetune.dataset import read_dataset
     from gateway.finetune.tokens import ChatTemplateCounter, OpenAICounter, TokenCounter, base_of
 
@@ -101,13 +94,10 @@ def _training(file: Path, epochs: int | None, openai_model: str, settings: Turno
     report = check(dataset, openai_counter)
     if not report.usable:
         raise fail(f"{file} cannot be trained on as it is: run turnout finetune check {file}")
-    passes = epochs or default_epochs(len(report.tokens))
-    price = training_price(base_model, settings.costs.openai.training_usd_per_1m_tokens)
-    openai_usd = OpenAIEstimate(base_model, report.billed_tokens(), passes, price).usd if price is not None else 0.0
-    tokens = check(dataset, adapter_counter).billed_tokens()
-    vllm = settings.costs.vllm
-    adapter = AdapterEstimate("", tokens, passes, vllm.training_tokens_per_second, vllm.gpu_hour_usd)
-    return Training(adapter_usd=adapter.usd, openai_usd=openai_usd)
+    adapter_tokens = check(dataset, adapter_counter).billed_tokens()
+    found = estimate_training(report, base_model, settings.costs, epochs, adapter_tokens)
+    assert found.adapter is not None  # adapter tokens were given
+    return Training(adapter_usd=found.adapter.usd, openai_usd=found.openai.usd if found.openai is not None else 0.0)
 
 
 def _table(rows: list[dict[str, Any]], traffic: Traffic) -> None:

@@ -24,8 +24,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config.model import CostsConfig
 from gateway.finetune.dataset import Dataset, Finding
-from gateway.finetune.tokens import TokenCounter
+from gateway.finetune.tokens import TokenCounter, base_of
 
 MIN_EXAMPLES = 10  # OpenAI refuses fewer
 RECOMMENDED_START = 50  # "we recommend starting with 50 to 100 well-crafted demonstrations"
@@ -208,6 +209,36 @@ class AdapterEstimate:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingEstimates:
+    epochs: int
+    openai: OpenAIEstimate | None  # None: no training price known for the model
+    adapter: AdapterEstimate | None  # None: no base model to count with
+
+
+def estimate_training(
+    report: CheckReport,
+    model: str,
+    costs: CostsConfig,
+    epochs: int | None,
+    adapter_tokens: int | None = None,
+    base: str = "",
+) -> TrainingEstimates:
+    """What training on a checked file costs: an OpenAI fine-tune of ``model`` (``report`` counted with its
+    tokenizer) and, given the file's ``adapter_tokens`` by the base model's tokenizer, a LoRA adapter on it.
+    Without ``epochs``, OpenAI's default for the file's size."""
+    passes = epochs if epochs is not None else default_epochs(len(report.tokens))
+    price = training_price(base_of(model), costs.openai.training_usd_per_1m_tokens)
+    openai = OpenAIEstimate(model, report.billed_tokens(), passes, price) if price is not None else None
+    vllm = costs.vllm
+    adapter = (
+        AdapterEstimate(base, adapter_tokens, passes, vllm.training_tokens_per_second, vllm.gpu_hour_usd)
+        if adapter_tokens is not None
+        else None
+    )
+    return TrainingEstimates(passes, openai, adapter)
+
+
 def training_price(model: str, overrides: dict[str, float]) -> float | None:
     """US dollars per million training tokens for fine-tuning ``model`` (the configuration's first)."""
     if model in overrides:
@@ -226,9 +257,11 @@ __all__ = [
     "AdapterEstimate",
     "CheckReport",
     "OpenAIEstimate",
+    "TrainingEstimates",
     "TrainingTerms",
     "check",
     "default_epochs",
+    "estimate_training",
     "training_context",
     "training_price",
 ]
