@@ -13,14 +13,22 @@ session to pool and no reason to load aiohttp's machinery for it.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from gateway.config import ConfigError, TurnoutConfig, load_config
+from gateway.config.evidence import ShadowsConfig
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from gateway.evidence.stores import Evidence
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="The YAML configuration file.")]
 
@@ -39,6 +47,34 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``turnout: message`` on stderr; raise the result to exit with ``code``."""
     typer.echo(f"turnout: {message}", err=True)
     return typer.Exit(code)
+
+
+SinceOption = Annotated[str, typer.Option(metavar="SPAN", help="How far back: 30m, 24h, 7d.")]
+
+
+def read_evidence(
+    shadows: ShadowsConfig, since: str, read: Callable[[Evidence, float], T], path: Path | None = None
+) -> T | None:
+    """``read(store, cutoff)`` on the shadow evidence ``shadows`` names (or the SQLite file ``path``), for the
+    ``since`` span up to now; None when nothing was ever recorded. Exits 2 when ``since`` is not a span or
+    the store cannot be opened."""
+    from gateway.evidence.report import parse_since
+    from gateway.evidence.stores import has_evidence, open_evidence
+
+    try:
+        span = parse_since(since)
+    except ValueError as exc:
+        raise fail(str(exc), USAGE) from None
+    if not (path.is_file() if path is not None else has_evidence(shadows)):
+        return None
+    try:
+        store = open_evidence(shadows, path)
+    except Exception as exc:  # psycopg's own errors: the database cannot be reached
+        raise fail(f"the evidence store cannot be opened: {exc}", USAGE) from None
+    try:
+        return read(store, time.time() - span)
+    finally:
+        store.close()
 
 
 def load_or_exit(path: Path) -> TurnoutConfig:
@@ -100,4 +136,15 @@ class JsonClient:
         return True
 
 
-__all__ = ["USAGE", "ConfigOption", "HttpError", "JsonClient", "Unreachable", "fail", "group", "load_or_exit"]
+__all__ = [
+    "USAGE",
+    "ConfigOption",
+    "HttpError",
+    "JsonClient",
+    "SinceOption",
+    "Unreachable",
+    "fail",
+    "group",
+    "load_or_exit",
+    "read_evidence",
+]

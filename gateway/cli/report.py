@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gateway.cli.common import USAGE, fail, load_or_exit
+from gateway.cli.common import USAGE, SinceOption, fail, load_or_exit, read_evidence
 
 
 def report_command(
     config: Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="Where the evidence is kept.")],
-    since: Annotated[str, typer.Option(metavar="SPAN", help="How far back: 30m, 24h, 7d.")] = "24h",
+    since: SinceOption = "24h",
     min_agreement: Annotated[float, typer.Option(min=-1, max=1, help="Agreement an arm needs.")] = 0.85,
     max_error_rate: Annotated[float, typer.Option(min=0, max=1, help="Errors an arm may have.")] = 0.05,
     min_requests: Annotated[int, typer.Option(min=1, help="Requests a group needs.")] = 20,
@@ -35,27 +34,11 @@ def report_command(
     cannot be used, --since is not a span, or the page cannot be written.
     """
     from gateway.evidence.html import render
-    from gateway.evidence.report import Thresholds, parse_since, report
-    from gateway.evidence.store import ArmRow
-    from gateway.evidence.stores import has_evidence, open_evidence
+    from gateway.evidence.report import Thresholds, report
 
     settings = load_or_exit(config)
-    try:
-        span = parse_since(since)
-    except ValueError as exc:
-        raise fail(str(exc), USAGE) from None
-    groups = []
-    rows: list[ArmRow] = []
-    if has_evidence(settings.shadows):
-        try:
-            store = open_evidence(settings.shadows)
-        except Exception as exc:  # psycopg's own errors: the database cannot be reached
-            raise fail(f"the evidence store cannot be opened: {exc}", USAGE) from None
-        try:
-            rows = store.read(since=time.time() - span)
-        finally:
-            store.close()
-        groups = report(rows, Thresholds(min_agreement, max_error_rate, min_requests))
+    rows = read_evidence(settings.shadows, since, lambda store, cutoff: store.read(since=cutoff)) or []
+    groups = report(rows, Thresholds(min_agreement, max_error_rate, min_requests))
     if html_file is not None:
         try:
             html_file.write_text(render(groups, rows, since), encoding="utf-8")

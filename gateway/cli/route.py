@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.cli.common import USAGE, ConfigOption, fail, group, load_or_exit
+if TYPE_CHECKING:
+    from gateway.config import TurnoutConfig
+    from gateway.embeddings import Embedder
+    from routing import RoutingTable
+
+from gateway.cli.common import USAGE, ConfigOption, SinceOption, fail, group, load_or_exit, read_evidence
 
 app = group("See how requests are routed, without serving them.")
+
+
+@contextlib.asynccontextmanager
+async def routing(settings: TurnoutConfig) -> AsyncIterator[tuple[RoutingTable, Embedder | None]]:
+    """The configuration's routing table, with the embedding model loaded when its policies use intents
+    (closed on the way out)."""
+    from gateway.embeddings import Embedder
+    from gateway.routing_state import build_routing_table, policies_use_intents
+
+    embedder = Embedder(settings.embeddings) if policies_use_intents(settings) else None
+    if embedder is not None:
+        await embedder.start()
+    try:
+        yield await build_routing_table(settings, embedder), embedder
+    finally:
+        if embedder is not None:
+            embedder.close()
 
 
 @app.command("explain")
@@ -53,11 +76,10 @@ def route_explain(
     from gateway.accounting.usage import TokenCounter
     from gateway.components import request_limits
     from gateway.dispatch.service import CompletionService, RequestContext
-    from gateway.embeddings import Embedder, EmbedderError
+    from gateway.embeddings import EmbedderError
     from gateway.errors import TurnoutError
     from gateway.metrics import Metrics
     from gateway.protocol.requests import endpoint_of
-    from gateway.routing_state import build_routing_table, policies_use_intents
 
     settings = load_or_exit(config)
     try:
@@ -72,17 +94,10 @@ def route_explain(
         headers[name.strip().lower()] = value.strip()
 
     async def run() -> dict[str, Any]:
-        embedder = Embedder(settings.embeddings) if policies_use_intents(settings) else None
-        if embedder is not None:
-            await embedder.start()
-        try:
-            table = await build_routing_table(settings, embedder)
+        async with routing(settings) as (table, embedder):
             nothing_served = Accounting(Metrics(), PriceBook(settings.costs, []), TokenCounter(None))
             service = CompletionService(table, {}, embedder, nothing_served, request_limits(settings))
             return await service.explain(endpoint_of(raw), raw, RequestContext(request_id, tenant, headers))
-        finally:
-            if embedder is not None:
-                embedder.close()
 
     try:
         typer.echo(json.dumps(asyncio.run(run()), indent=2))
@@ -95,7 +110,7 @@ def route_explain(
 @app.command("replay")
 def route_replay(
     config: ConfigOption,
-    since: Annotated[str, typer.Option(metavar="SPAN", help="How far back: 30m, 24h, 7d.")] = "24h",
+    since: SinceOption = "24h",
     evidence: Annotated[
         Path | None,
         typer.Option(metavar="FILE", help="A SQLite evidence file (default: the configuration's store)."),
@@ -113,41 +128,20 @@ def route_replay(
     Exit status: 0 with the replay printed; 2 when the configuration or the evidence store cannot be used, or
     --since is not a span.
     """
-    from gateway.embeddings import Embedder, EmbedderError
+    from gateway.embeddings import EmbedderError
     from gateway.evidence.replay import replay
-    from gateway.evidence.report import parse_since
-    from gateway.evidence.stores import has_evidence, open_evidence
-    from gateway.routing_state import build_routing_table, policies_use_intents
 
     settings = load_or_exit(config)
-    try:
-        span = parse_since(since)
-    except ValueError as exc:
-        raise fail(str(exc), USAGE) from None
-    if evidence is None and not has_evidence(settings.shadows):
-        raise fail(f"{settings.shadows.store}: no evidence recorded there (turn on shadow arms first)", USAGE)
     if evidence is not None and not evidence.is_file():
         raise fail(f"{evidence}: no evidence recorded there", USAGE)
-    try:
-        store = open_evidence(settings.shadows, evidence)
-    except Exception as exc:  # psycopg's own errors: the database cannot be reached
-        raise fail(f"the evidence store cannot be opened: {exc}", USAGE) from None
-    try:
-        records = store.read_requests(since=time.time() - span)
-    finally:
-        store.close()
+    records = read_evidence(settings.shadows, since, lambda store, cutoff: store.read_requests(since=cutoff), evidence)
+    if records is None:
+        raise fail(f"{settings.shadows.store}: no evidence recorded there (turn on shadow arms first)", USAGE)
 
     async def run() -> dict[str, Any]:
-        embedder = Embedder(settings.embeddings) if policies_use_intents(settings) else None
-        if embedder is not None:
-            await embedder.start()
-        try:
-            table = await build_routing_table(settings, embedder)
+        async with routing(settings) as (table, embedder):
             embed = embedder.embed_texts if embedder is not None else None
             return (await replay(records, table, embed, samples)).describe()
-        finally:
-            if embedder is not None:
-                embedder.close()
 
     try:
         found = asyncio.run(run())
