@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "overhead"))
 
+from load import pct  # noqa: E402
 from report import machine  # noqa: E402 - the overhead benchmark's helpers
-from targets import GATEWAY_CORE, MODEL, REPO, UPSTREAM_CORE, Server, clean_env, free_port, pin, upstream  # noqa: E402
+from targets import UPSTREAM_CORE, Server, pin, turnout, upstream  # noqa: E402
 
 P50_GOAL_MS = 0.5
 BODY = (
@@ -44,19 +44,8 @@ def gateway(workdir: Path, upstream_url: str, name: str, shadows: bool) -> Serve
     if shadows:
         long_prompt = "You are the support desk of an online shop. " * 40
         policy["shadow"] = {"targets": [{"base": True, "system_prompt": long_prompt}], "sample": 1.0}
-    config = {
-        "server": {"log_level": "warning"},
-        "vllm": {"url": upstream_url, "model": MODEL},
-        "policies": {"bot": policy},
-        "shadows": {"store": str(workdir / f"{name}.sqlite")},
-    }
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    python = REPO / ".venv" / "bin" / "python"
-    argv = [str(python if python.exists() else sys.executable), "-m", "gateway", "serve"]
-    argv += ["--config", str(path), "--port", str(port)]
-    return Server(name, argv, port, GATEWAY_CORE, workdir, env=clean_env(PYTHONPATH=str(REPO)))
+    shadows_config = {"store": str(workdir / f"{name}.sqlite")}
+    return turnout(workdir, upstream_url, name, policies={"bot": policy}, shadows=shadows_config)
 
 
 async def block(session: aiohttp.ClientSession, url: str, count: int) -> list[float]:
@@ -80,11 +69,6 @@ async def measure(urls: dict[str, str], rounds: int, count: int) -> dict[str, li
             for name, url in urls.items():
                 latencies[name] += await block(session, url, count)
     return latencies
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def recorded(store: Path) -> int:

@@ -182,16 +182,17 @@ def bare(workdir: Path, upstream_url: str) -> Server:
     return Server("bare", argv, port, GATEWAY_CORE, workdir)
 
 
-def turnout(workdir: Path, upstream_url: str) -> Server:
+def turnout(workdir: Path, upstream_url: str, name: str = "turnout", **sections: Any) -> Server:
+    """A Turnout gateway in front of ``upstream_url``; ``sections`` are added to its configuration."""
     port = free_port()
     config: dict[str, Any] = {"server": {"log_level": "warning"}, "vllm": {"url": upstream_url, "model": MODEL}}
-    path = workdir / "turnout.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**config, **sections}))
     python = REPO / ".venv" / "bin" / "python"
     argv = [str(python if python.exists() else sys.executable), "-m", "gateway", "serve"]
     argv += ["--config", str(path), "--port", str(port)]
     env = clean_env(PYTHONPATH=str(REPO))
-    return Server("turnout", argv, port, GATEWAY_CORE, workdir, env=env)
+    return Server(name, argv, port, GATEWAY_CORE, workdir, env=env)
 
 
 def litellm(workdir: Path, upstream_url: str, executable: str) -> Server:
